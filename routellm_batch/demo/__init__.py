@@ -1,0 +1,1 @@
+"""The embedded demo: a config and a small prompt table shipped with the package."""

@@ -1,0 +1,1 @@
+"""Routers: prompts -> strong_win_prob. One family per module; see registry.py."""

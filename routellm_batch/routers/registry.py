@@ -1,0 +1,28 @@
+"""Router families by name -> "module:Class", imported only when used (keeps torch out of light modules).
+
+Adding a router family is one module under routers/ plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+ROUTERS: dict[str, str] = {
+    "default": "routellm_batch.routers.checkpoint:load_default_router",
+    "random": "routellm_batch.routers.random_router:RandomRouter",
+    "length": "routellm_batch.routers.length:LengthRouter",
+    "mf": "routellm_batch.routers.mf:MatrixFactorizationRouter",
+    "sw_ranking": "routellm_batch.routers.sw_ranking:SWRankingRouter",
+    "bert": "routellm_batch.routers.bert:BertRouter",
+    "causal_llm": "routellm_batch.routers.causal_llm:CausalLLMRouter",
+}
+
+
+def resolve(kind: str):
+    """The class (or factory) registered for `kind`."""
+    try:
+        target = ROUTERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown router kind {kind!r}; allowed: {', '.join(sorted(ROUTERS))}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,1 @@
+"""Spark plumbing: session factory, scoring UDFs, split policies."""

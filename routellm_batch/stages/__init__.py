@@ -1,0 +1,1 @@
+"""The nightly stages, one module each, each with one entry point."""
