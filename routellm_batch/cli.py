@@ -1,0 +1,64 @@
+"""`routellm-batch <command>`: one subcommand per stage or tool.
+
+Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
+modules are imported only when their command runs, so `--help` stays fast and light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from routellm_batch.config import ConfigError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("routellm_batch.stages.validate", "Stage 1: validate the input table, quarantine bad rows."),
+    "score": ("routellm_batch.stages.score", "Stage 2: score every valid prompt with the router."),
+    "split": ("routellm_batch.stages.split", "Stage 3: apply the threshold policy -> routed table."),
+    "submit": ("routellm_batch.stages.submit", "Stage 4: shard queues into provider batches and submit them."),
+    "wait": ("routellm_batch.stages.wait", "Stage 5: poll until every batch of the run is terminal."),
+    "collect": ("routellm_batch.stages.collect", "Stage 6: download results -> responses table; resubmit retryables."),
+    "nightly": ("routellm_batch.stages.nightly", "Run every stage of one run date, in order."),
+    "calibrate": ("routellm_batch.stages.calibrate", "Print the threshold that gives a strong fraction on a sample."),
+    "train": ("routellm_batch.routers.training", "Train a router from battles or per-model outcomes."),
+    "evaluate": ("routellm_batch.evaluation", "Out-of-sample routing quality: APGR, CPT, baselines, plot."),
+    "sandbox": ("routellm_batch.sandbox.cli", "Run the local sandbox batch-API server."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routellm-batch", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    # Parse the command name first, then hand the rest to that command's own parser.
+    known, rest = top.parse_known_args(argv)
+    module_name, help_text = COMMANDS[known.command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"routellm-batch {known.command}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if known.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("great_expectations", "py4j"):  # chatty at INFO; their warnings still show
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(module.run(args) or 0)
+    except ConfigError as exc:
+        print(f"routellm-batch {known.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

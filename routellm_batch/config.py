@@ -1,0 +1,294 @@
+"""The one typed run configuration, loaded from YAML and validated before any work starts.
+
+Light module: imports neither pyspark nor torch (Airflow imports it).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "BatchSettings",
+    "ColumnMapping",
+    "ConfigError",
+    "InputTable",
+    "ModelSpec",
+    "PricingSettings",
+    "QuarantineSettings",
+    "RouterSpec",
+    "RunConfig",
+    "SandboxSettings",
+    "SparkSettings",
+    "ThresholdPolicy",
+    "load_config",
+    "parse_run_date",
+]
+
+DEFAULT_CONFIG = Path(__file__).parent / "demo" / "demo.yaml"
+
+# Values that look like a credential rather than the name of a variable holding one.
+_SECRET_VALUE = re.compile(
+    r"^(sk-|sk_|sk-ant-|sk-proj-|rk-|xai-|gsk_|AKIA|AIza|ghp_|hf_)[A-Za-z0-9_\-]{6,}"
+)
+_SECRET_KEYS = {"api_key", "apikey", "key", "secret", "token", "password", "authorization"}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message names every offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnMapping(_Strict):
+    """Which input columns hold what. Exactly one of `prompt` and `messages` is set."""
+
+    prompt_id: str = Field("prompt_id", description="Column with the unique prompt id.")
+    prompt: str | None = Field("prompt", description="Column with the user prompt text.")
+    messages: str | None = Field(
+        None, description="Column with chat messages (list of {role, content}) instead of a prompt."
+    )
+    system: str | None = Field(None, description="Optional column with a per-row system prompt.")
+    max_tokens: str | None = Field(None, description="Optional column with a per-row max_tokens.")
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> ColumnMapping:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("set exactly one of 'prompt' and 'messages'")
+        return self
+
+
+class InputTable(_Strict):
+    uri: str = Field(description="Path or URI (file://, s3a://, gs://, hdfs://) of the prompts table.")
+    format: Literal["parquet", "json", "csv"] = Field("parquet", description="Storage format.")
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    options: dict[str, str] = Field(default_factory=dict, description="Extra Spark reader options.")
+
+
+class RouterSpec(_Strict):
+    kind: str = Field(
+        "default", description="Router family (see routellm_batch.routers.registry); 'default' = shipped router."
+    )
+    checkpoint: str | None = Field(None, description="Checkpoint directory or URI; None = the shipped one.")
+    strong_model: str | None = Field(None, description="For multi-model routers: the trained strong model id.")
+    weak_model: str | None = Field(None, description="For multi-model routers: the trained weak model id.")
+    device: str = Field("auto", description="'auto' (the task's GPU if any), 'cpu', 'cuda' or 'cuda:N'.")
+    batch_size: int = Field(1024, gt=0, description="Prompts scored per model call.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from routellm_batch.routers.registry import ROUTERS
+
+        if v not in ROUTERS:
+            raise ValueError(f"unknown router kind {v!r}; allowed: {', '.join(sorted(ROUTERS))}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError("allowed: 'auto', 'cpu', 'cuda', 'cuda:N'")
+        return v
+
+
+class FixedThreshold(_Strict):
+    policy: Literal["threshold"]
+    value: float = Field(ge=0.0, le=1.0, description="Rows with strong_win_prob >= value go strong.")
+
+
+class StrongFraction(_Strict):
+    policy: Literal["strong_fraction"]
+    fraction: float = Field(ge=0.0, le=1.0, description="Target share of rows sent to the strong model.")
+
+
+class BudgetUSD(_Strict):
+    policy: Literal["budget_usd"]
+    budget: float = Field(gt=0.0, description="Estimated USD the run may spend.")
+    expected_output_tokens: int = Field(256, gt=0, description="Expected output tokens per request.")
+
+
+ThresholdPolicy = Annotated[FixedThreshold | StrongFraction | BudgetUSD, Field(discriminator="policy")]
+
+
+class ModelSpec(_Strict):
+    provider: Literal["openai", "anthropic"] = Field(
+        description="Batch API dialect; OpenAI-compatible vendors use 'openai' with base_url."
+    )
+    model: str = Field(min_length=1, description="Model name as the provider knows it.")
+    base_url: str | None = Field(None, description="API base URL (OpenAI-compatible vendors, the sandbox).")
+    api_key_env: str = Field(description="Name of the environment variable holding the API key.")
+    max_tokens: int = Field(1024, gt=0, description="Default max_tokens when the row gives none.")
+    request_template: dict[str, Any] = Field(
+        default_factory=dict, description="Extra request body fields (temperature, ...), merged into each request."
+    )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if _SECRET_VALUE.match(v):
+            raise ValueError(
+                "looks like an API key value; name the environment variable that holds it instead"
+            )
+        if not _ENV_NAME.match(v):
+            raise ValueError("must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        return v
+
+    @field_validator("request_template")
+    @classmethod
+    def _template(cls, v: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"model", "messages", "system", "max_tokens"} & set(v)
+        if reserved:
+            raise ValueError(f"may not set {sorted(reserved)}: they come from the row and the model spec")
+        return v
+
+
+class BatchSettings(_Strict):
+    max_requests: int | None = Field(None, gt=0, description="Cap on requests per batch (below the provider's).")
+    max_bytes: int | None = Field(None, gt=0, description="Cap on bytes per batch input (below the provider's).")
+    enqueued_token_budget: int | None = Field(
+        None, gt=0, description="Per-model budget of enqueued prompt tokens across open batches."
+    )
+    max_attempts: int = Field(3, ge=1, le=10, description="Attempts per prompt for retryable outcomes.")
+    poll_interval_seconds: float = Field(30.0, gt=0, description="Seconds between batch status polls.")
+    completion_window: Literal["24h"] = "24h"
+
+
+class SparkSettings(_Strict):
+    master: str | None = Field(
+        None, description="Spark master; None = what spark-submit gives, else local[*]."
+    )
+    app_name: str | None = Field(None, description="Spark application name; default: the job name.")
+    shuffle_partitions: int | None = Field(None, gt=0, description="spark.sql.shuffle.partitions.")
+    arrow_batch_size: int = Field(10_000, gt=0, description="Rows per Arrow batch seen by the UDFs.")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark conf.")
+
+
+class QuarantineSettings(_Strict):
+    max_share: float = Field(
+        0.05, ge=0.0, le=1.0, description="Fail the run when more than this share of rows is quarantined."
+    )
+    max_prompt_chars: int = Field(200_000, gt=0, description="Prompts longer than this are quarantined.")
+
+
+class PricingSettings(_Strict):
+    price_table: str | None = Field(None, description="Versioned price table (YAML); None = the shipped one.")
+    batch_discount: float = Field(0.5, gt=0.0, le=1.0, description="Batch price as a share of online price.")
+
+
+class SandboxSettings(_Strict):
+    """A local sandbox provider for demos and tests (started by the CLI when enabled)."""
+
+    enabled: bool = False
+    responder: Literal["synthetic", "replay"] = "synthetic"
+    replay_uri: str | None = Field(None, description="Table of recorded answers for the replay responder.")
+    seed: int = 0
+
+
+class RunConfig(_Strict):
+    job_name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Stable job name; part of run_id.")
+    input: InputTable
+    output_root: str = Field(min_length=1, description="Root path or URI under which every table is written.")
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    threshold: ThresholdPolicy = Field(default_factory=lambda: StrongFraction(policy="strong_fraction", fraction=0.3))
+    strong: ModelSpec
+    weak: ModelSpec
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
+    pricing: PricingSettings = Field(default_factory=PricingSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+
+    def run_id(self, run_date: date) -> str:
+        return f"{self.job_name}/{run_date.isoformat()}"
+
+    def table_uri(self, table: str) -> str:
+        return f"{self.output_root.rstrip('/')}/{table}"
+
+
+def _find_secrets(node: Any, path: str = "") -> list[str]:
+    """Paths of values that look like credentials (never the values themselves)."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{path}.{k}" if path else str(k)
+            if str(k).lower() in _SECRET_KEYS and isinstance(v, str) and v:
+                found.append(p)
+            else:
+                found.extend(_find_secrets(v, p))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found.extend(_find_secrets(v, f"{path}[{i}]"))
+    elif isinstance(node, str) and _SECRET_VALUE.match(node):
+        found.append(path)
+    return found
+
+
+def _format_errors(exc: ValidationError) -> str:
+    # Input values are left out on purpose: a misplaced key must never be echoed into logs.
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        lines.append(f"  {loc or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping")
+    secrets = _find_secrets(raw)
+    if secrets:
+        raise ConfigError(
+            f"{source}: refusing a config that holds an API key value at: {', '.join(secrets)}. "
+            "Put the key in an environment variable and name it in api_key_env."
+        )
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid config:\n{_format_errors(exc)}") from None
+
+
+def load_config(path: str | Path | None = None) -> RunConfig:
+    """Load and validate a run config; None loads the embedded demo config."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(_resolve_package_paths(raw), str(path))
+
+
+def _resolve_package_paths(raw: dict[str, Any]) -> dict[str, Any]:
+    """`package:NAME` in the embedded config points at a file shipped inside routellm_batch/demo."""
+    demo = Path(__file__).parent / "demo"
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: fix(v) for k, v in node.items()}
+        if isinstance(node, str) and node.startswith("package:"):
+            return str(demo / node.removeprefix("package:"))
+        return node
+
+    return fix(raw)
+
+
+def parse_run_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--run-date: expected YYYY-MM-DD, got {value!r}") from None
