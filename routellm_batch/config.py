@@ -5,6 +5,8 @@ Light module: imports neither pyspark nor torch (Airflow imports it).
 
 from __future__ import annotations
 
+import copy
+import os
 import re
 from datetime import date
 from pathlib import Path
@@ -67,10 +69,23 @@ class ColumnMapping(_Strict):
 
 
 class InputTable(_Strict):
-    uri: str = Field(description="Path or URI (file://, s3a://, gs://, hdfs://) of the prompts table.")
+    uri: str = Field(
+        description="Path or URI (file://, s3a://, gs://, hdfs://) of the prompts table; '{run_date}' is replaced by the run date."
+    )
     format: Literal["parquet", "json", "csv"] = Field("parquet", description="Storage format.")
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
     options: dict[str, str] = Field(default_factory=dict, description="Extra Spark reader options.")
+
+    @field_validator("uri")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        unknown = set(re.findall(r"{([^}]*)}", v)) - {"run_date"}
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; allowed: {{run_date}}")
+        return v
+
+    def uri_for(self, run_date: date) -> str:
+        return self.uri.replace("{run_date}", run_date.isoformat())
 
 
 class RouterSpec(_Strict):
@@ -160,6 +175,13 @@ class BatchSettings(_Strict):
     max_attempts: int = Field(3, ge=1, le=10, description="Attempts per prompt for retryable outcomes.")
     poll_interval_seconds: float = Field(30.0, gt=0, description="Seconds between batch status polls.")
     completion_window: Literal["24h"] = "24h"
+    create_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Client timeout of one batch create call. A create whose answer never came may still land "
+        "until then, so a resumed run waits this long after the last create intent before it looks the batch "
+        "up. None: 30 s for OpenAI (the file is uploaded before), 30 s + 1 s per MB of requests for Anthropic.",
+    )
 
 
 class SparkSettings(_Strict):
@@ -187,10 +209,43 @@ class PricingSettings(_Strict):
 class SandboxSettings(_Strict):
     """A local sandbox provider for demos and tests (started by the CLI when enabled)."""
 
-    enabled: bool = False
-    responder: Literal["synthetic", "replay"] = "synthetic"
-    replay_uri: str | None = Field(None, description="Table of recorded answers for the replay responder.")
-    seed: int = 0
+    enabled: bool = Field(False, description="Start the sandbox server and point the providers at it.")
+    responder: Literal["synthetic", "replay"] = Field(
+        "synthetic", description="'synthetic': made-up deterministic answers; 'replay': recorded answers."
+    )
+    replay_uri: str | None = Field(
+        None,
+        description="Table of recorded answers for the replay responder: CSV/Parquet with prompt, model, "
+        "response, or a GSM8K-style file with <model>_response columns.",
+    )
+    replay_model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Configured model name -> recorded model name for the replay responder ('*' = any other).",
+    )
+    seed: int = Field(0, description="Seed of the synthetic responder.")
+    tick_seconds: float = Field(
+        0.5, ge=0.0, le=3600.0, description="Seconds per batch state step in the sandbox (0 = batches end at once)."
+    )
+    port: int = Field(0, ge=0, le=65535, description="Port on 127.0.0.1 to serve on; 0 = any free port.")
+    faults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fault injection settings: the fields of routellm_batch.sandbox.faults.Faults "
+        "(e.g. rate_limit_share, lose_create_on, expire_on, request_errors).",
+    )
+
+    @field_validator("faults")
+    @classmethod
+    def _known_faults(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from routellm_batch.sandbox.faults import Faults
+
+        Faults.from_dict(v, "faults")  # raises ValueError naming the bad setting
+        return v
+
+    @model_validator(mode="after")
+    def _replay_needs_table(self) -> SandboxSettings:
+        if self.responder == "replay" and not self.replay_uri:
+            raise ValueError("replay_uri is required when responder is 'replay'")
+        return self
 
 
 class RunConfig(_Strict):
@@ -270,21 +325,40 @@ def load_config(path: str | Path | None = None) -> RunConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(_resolve_package_paths(raw), str(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a YAML mapping")
+    return parse_config(_resolve_paths(raw), str(path))
 
 
-def _resolve_package_paths(raw: dict[str, Any]) -> dict[str, Any]:
-    """`package:NAME` in the embedded config points at a file shipped inside routellm_batch/demo."""
-    demo = Path(__file__).parent / "demo"
+_PATH_SETTINGS = (
+    ("input", "uri"),
+    ("output_root",),
+    ("router", "checkpoint"),
+    ("pricing", "price_table"),
+    ("sandbox", "replay_uri"),
+)
 
-    def fix(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: fix(v) for k, v in node.items()}
-        if isinstance(node, str) and node.startswith("package:"):
-            return str(demo / node.removeprefix("package:"))
-        return node
 
-    return fix(raw)
+def _resolve_paths(raw: dict[str, Any]) -> dict[str, Any]:
+    """Make local paths absolute (executors and pyarrow must see the same file as the submitter).
+
+    `package:NAME` names a file shipped in routellm_batch/demo (the embedded demo's table).
+    Relative paths are taken from the current directory, as spark-submit does.
+    """
+    raw = copy.deepcopy(raw)
+    for *parents, key in _PATH_SETTINGS:
+        node = raw
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(key), str):
+            continue
+        value = node[key]
+        if value.startswith("package:"):
+            value = str(Path(__file__).parent / "demo" / value.removeprefix("package:"))
+        elif "://" not in value:
+            value = os.path.abspath(value)
+        node[key] = value
+    return raw
 
 
 def parse_run_date(value: str) -> date:

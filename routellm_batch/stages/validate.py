@@ -62,12 +62,12 @@ class ValidateSummary:
 # --- reading: every format becomes one frame of typed candidate columns + the raw record ------------
 
 
-def _read_json(spark: SparkSession, config: RunConfig) -> DataFrame:
+def _read_json(spark: SparkSession, config: RunConfig, run_date: date) -> DataFrame:
     """JSON Lines read as text and parsed to VARIANT, so each row's real JSON types can be checked."""
     from pyspark.sql import functions as F
 
     cols = config.input.columns
-    raw = spark.read.options(**config.input.options).text(config.input.uri)
+    raw = spark.read.options(**config.input.options).text(config.input.uri_for(run_date))
     df = raw.select(
         F.col("value").alias("raw_record"),
         F.col("_metadata.file_path").alias("source_file"),
@@ -140,7 +140,7 @@ def _json_prompt_columns(config: RunConfig, field_type, present, as_text) -> lis
     return out
 
 
-def _read_typed(spark: SparkSession, config: RunConfig) -> DataFrame:
+def _read_typed(spark: SparkSession, config: RunConfig, run_date: date) -> DataFrame:
     """Parquet and CSV: columns already have a type; check it against what each mapped column needs."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -149,7 +149,7 @@ def _read_typed(spark: SparkSession, config: RunConfig) -> DataFrame:
     reader = spark.read.options(**config.input.options)
     if config.input.format == "csv":
         reader = spark.read.options(**{"header": "true", "multiLine": "true", "escape": '"', **config.input.options})
-    df = reader.format(config.input.format).load(config.input.uri)
+    df = reader.format(config.input.format).load(config.input.uri_for(run_date))
     _require_columns(df.columns, config)
     schema = {f.name: f.dataType for f in df.schema}
 
@@ -226,15 +226,11 @@ def _messages_ddl() -> str:
     return "array<struct<role: string, content: string>>"
 
 
-def _require_columns(present: list[str], config: RunConfig) -> None:
+def _require_columns(present: list[str], config: RunConfig, optional_too: bool = True) -> None:
     cols = config.input.columns
-    wanted = {
-        "prompt_id": cols.prompt_id,
-        "prompt": cols.prompt,
-        "messages": cols.messages,
-        "system": cols.system,
-        "max_tokens": cols.max_tokens,
-    }
+    wanted = {"prompt_id": cols.prompt_id, "prompt": cols.prompt, "messages": cols.messages}
+    if optional_too:
+        wanted |= {"system": cols.system, "max_tokens": cols.max_tokens}
     missing = [f"{column!r} (input.columns.{role})" for role, column in wanted.items() if column and column not in present]
     if missing:
         raise InputError(
@@ -244,11 +240,14 @@ def _require_columns(present: list[str], config: RunConfig) -> None:
 
 
 def _check_json_columns(spark: SparkSession, config: RunConfig, df: DataFrame) -> None:
-    """JSON has no schema to check up front: require each mapped column in at least one record."""
+    """JSON has no schema to check up front: require the id and prompt columns in at least one record.
+
+    Optional columns (system, max_tokens) may be absent from every record of a JSON input.
+    """
     from pyspark.sql import functions as F
 
     keys = df.where(~F.col("_malformed")).select(F.explode(F.expr("json_object_keys(raw_record)")).alias("k")).distinct()
-    _require_columns([r.k for r in keys.collect()], config)
+    _require_columns([r.k for r in keys.collect()], config, optional_too=False)
 
 
 # --- classifying --------------------------------------------------------------------------------------
@@ -336,10 +335,10 @@ def execute(config: RunConfig, run_date: date, spark: SparkSession | None = None
     spark = spark or get_spark(config.spark, app_name=f"{config.job_name}:validate")
     run_id = config.run_id(run_date)
     if config.input.format == "json":
-        candidates = _read_json(spark, config)
+        candidates = _read_json(spark, config, run_date)
         _check_json_columns(spark, config, candidates)
     else:
-        candidates = _read_typed(spark, config)
+        candidates = _read_typed(spark, config, run_date)
     input_report = run_suite(candidates.select("prompt_id", "prompt", "messages"), input_suite(config))
 
     classified = (
