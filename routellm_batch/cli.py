@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("routellm_batch.stages.submit", "Stage 4: shard queues into provider batches and submit them."),
     "wait": ("routellm_batch.stages.wait", "Stage 5: poll until every batch of the run is terminal."),
     "collect": ("routellm_batch.stages.collect", "Stage 6: download results -> responses table; resubmit retryables."),
+    "report": ("routellm_batch.stages.report", "Stage 7: cost account per model from reported usage; invariant checks."),
     "nightly": ("routellm_batch.stages.nightly", "Run every stage of one run date, in order."),
     "calibrate": ("routellm_batch.stages.calibrate", "Print the threshold that gives a strong fraction on a sample."),
     "train": ("routellm_batch.routers.training", "Train a router from battles or per-model outcomes."),

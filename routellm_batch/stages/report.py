@@ -1,0 +1,142 @@
+"""Stage 7, report: the run's cost account from provider-reported usage and the versioned price table.
+
+Light (pyarrow + Decimal arithmetic): runs on an Airflow worker without Spark. Before it prices
+anything it checks the run's central invariant: every routed prompt has exactly one final outcome.
+
+Per model (and one `all` row): requests billed, reported input/output tokens, the batch cost, and two
+baselines for the same tokens at the strong model's price: in batch (`baseline_all_strong_usd`) and
+online (`baseline_online_usd`, what answering everything with the strong model online would cost);
+`savings_usd` = online baseline - cost. The baselines price the weak model's reported token counts at
+the strong model's rates, an approximation (the strong model would have used its own tokenizer and
+written answers of its own length); the cost itself is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from routellm_batch.config import RunConfig, load_config, parse_run_date
+from routellm_batch.ledger import atomic_output, filesystem_for
+from routellm_batch.providers.pricing import batch_discount, price_table_for, to_cents
+from routellm_batch.schemas import arrow_schema
+
+__all__ = ["OutcomeInvariantError", "ReportSummary", "add_arguments", "execute", "run"]
+
+log = logging.getLogger(__name__)
+
+
+class OutcomeInvariantError(RuntimeError):
+    """Some routed prompt has no final outcome, or more than one: nothing is reported."""
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    run_id: str
+    uri: str
+    rows: list[dict]
+    statuses: dict[str, int]
+
+    def render(self) -> str:
+        head = f"{'model':<20} {'queue':<6} {'requests':>8} {'in tok':>9} {'out tok':>9} {'cost $':>10} {'all-strong batch $':>19} {'all-strong online $':>20} {'saved $':>9}"
+        lines = [f"cost report {self.run_id} (price table {self.rows[-1]['price_table_version']}):", head]
+        for r in self.rows:
+            lines.append(
+                f"{r['model']:<20} {r['queue']:<6} {r['requests']:>8} {r['input_tokens']:>9} {r['output_tokens']:>9} "
+                f"{to_cents(r['cost_usd']):>10} {to_cents(r['baseline_all_strong_usd']):>19} "
+                f"{to_cents(r['baseline_online_usd']):>20} {to_cents(r['savings_usd']):>9}"
+            )
+        lines.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())))
+        return "\n".join(lines)
+
+
+def _read_partition(config: RunConfig, name: str, run_date: date, columns: list[str]) -> pa.Table:
+    fs, path = filesystem_for(f"{config.table_uri(name)}/run_date={run_date.isoformat()}")
+    if fs.get_file_info(path).type.name != "Directory":
+        raise FileNotFoundError(f"no {name} table for {config.run_id(run_date)} at {config.table_uri(name)}")
+    fields = [arrow_schema(name).field(c) for c in columns]
+    dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=pa.schema(fields), exclude_invalid_files=True)
+    return dataset.to_table(columns=[f.name for f in fields])
+
+
+def check_one_outcome_per_prompt(routed_ids: pa.ChunkedArray, response_ids: pa.ChunkedArray, run_id: str) -> None:
+    problems = []
+    counts = pc.value_counts(response_ids)
+    duplicated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(duplicated):
+        problems.append(f"{len(duplicated)} prompt(s) with several outcomes, e.g. {duplicated[0]['values']}")
+    missing = pc.filter(routed_ids, pc.invert(pc.is_in(routed_ids, value_set=response_ids)))
+    if len(missing):
+        problems.append(f"{len(missing)} routed prompt(s) without an outcome, e.g. {missing[0]}")
+    unknown = pc.filter(response_ids, pc.invert(pc.is_in(response_ids, value_set=routed_ids)))
+    if len(unknown):
+        problems.append(f"{len(unknown)} outcome(s) for prompts that were not routed, e.g. {unknown[0]}")
+    if problems:
+        raise OutcomeInvariantError(f"{run_id}: " + "; ".join(problems))
+
+
+def cost_rows(config: RunConfig, run_date: date, responses: pa.Table) -> list[dict]:
+    prices = price_table_for(config.pricing)
+    discount = batch_discount(config.pricing)
+    strong = prices.price(config.strong.model)
+    billed = responses.filter(pc.equal(responses["status"], "succeeded"))
+    grouped = billed.group_by(["model", "provider", "queue"]).aggregate(
+        [("prompt_id", "count"), ("input_tokens", "sum"), ("output_tokens", "sum")]
+    )
+    rows = []
+    for g in sorted(grouped.to_pylist(), key=lambda g: (g["queue"], g["model"])):
+        tokens_in, tokens_out = int(g["input_tokens_sum"] or 0), int(g["output_tokens_sum"] or 0)
+        cost = prices.cost(g["model"], tokens_in, tokens_out, discount=discount)
+        online = strong.cost(tokens_in, tokens_out)
+        rows.append(
+            {
+                "model": g["model"], "provider": g["provider"], "queue": g["queue"], "requests": g["prompt_id_count"],
+                "input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": cost,
+                "baseline_all_strong_usd": strong.cost(tokens_in, tokens_out, discount),
+                "baseline_online_usd": online, "savings_usd": online - cost,
+            }
+        )
+    total = {"model": "all", "provider": "all", "queue": "all"}
+    for key in ("requests", "input_tokens", "output_tokens", "cost_usd", "baseline_all_strong_usd", "baseline_online_usd", "savings_usd"):
+        total[key] = sum((r[key] for r in rows), Decimal(0) if key.endswith("_usd") else 0)
+    rows.append(total)
+    for r in rows:
+        r |= {"run_id": config.run_id(run_date), "price_table_version": prices.version, "run_date": run_date.isoformat()}
+    return rows
+
+
+def execute(config: RunConfig, run_date: date) -> ReportSummary:
+    run_id = config.run_id(run_date)
+    routed = _read_partition(config, "routed", run_date, ["prompt_id"])
+    responses = _read_partition(
+        config, "responses", run_date, ["prompt_id", "model", "provider", "queue", "status", "input_tokens", "output_tokens"]
+    )
+    check_one_outcome_per_prompt(routed["prompt_id"], responses["prompt_id"], run_id)
+    rows = cost_rows(config, run_date, responses)
+    table = pa.Table.from_pylist(rows, schema=arrow_schema("cost_report"))
+    uri = f"{config.table_uri('cost_report')}/run_date={run_date.isoformat()}"
+    fs, path = filesystem_for(uri)
+    with atomic_output(fs, f"{path}/part-00000.parquet") as out:
+        pq.write_table(table.drop_columns(["run_date"]), out)
+    statuses = {s["values"]: s["counts"] for s in pc.value_counts(responses["status"]).to_pylist()}
+    log.info("cost report for %s written to %s", run_id, uri)
+    return ReportSummary(run_id, uri, rows, statuses)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="run config YAML (default: the embedded demo config)")
+    parser.add_argument("--run-date", required=True, help="YYYY-MM-DD")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = execute(load_config(args.config), parse_run_date(args.run_date))
+    print(summary.render())
+    return 0
