@@ -23,7 +23,6 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)  ## create .venv and install the project
 
 demo: $(STAMP)  ## run the nightly job on the embedded defaults (local Spark, sandbox provider, shipped router)
-	rm -rf out/demo  # the demo's sandbox provider keeps its batches in memory: start each demo afresh
 	$(BIN)/routellm-batch nightly --run-date $$(date +%F)
 
 test: $(STAMP)  ## run the test suite

@@ -232,6 +232,10 @@ class SandboxSettings(_Strict):
         description="Fault injection settings: the fields of routellm_batch.sandbox.faults.Faults "
         "(e.g. rate_limit_share, lose_create_on, expire_on, request_errors).",
     )
+    state_dir: str | None = Field(
+        None,
+        description="Directory where the sandbox keeps its batches and files across restarts; None = memory only",
+    )
 
     @field_validator("faults")
     @classmethod
@@ -336,6 +340,7 @@ _PATH_SETTINGS = (
     ("router", "checkpoint"),
     ("pricing", "price_table"),
     ("sandbox", "replay_uri"),
+    ("sandbox", "state_dir"),
 )
 
 

@@ -1,0 +1,212 @@
+"""Who answers the sandbox's requests: synthetic text, or answers recorded in a table.
+
+A responder turns one neutral `ChatRequest` into an `Answer` (text plus token usage), or
+raises `UnknownPrompt` when it has nothing to say (the server turns that into an
+invalid_request_error result line for that request only). Same request -> same answer.
+
+Light module: pandas / pyarrow are imported only inside `ReplayResponder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "Answer",
+    "ChatRequest",
+    "ReplayResponder",
+    "Responder",
+    "SyntheticResponder",
+    "UnknownPrompt",
+    "count_tokens",
+    "prompt_tokens",
+]
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def count_tokens(text: str) -> int:
+    """A stand-in tokenizer: words and punctuation marks (close enough to BPE for accounting)."""
+    return len(_TOKEN.findall(text))
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One request in provider-neutral form (the server extracts it from either API's body)."""
+
+    provider: Literal["openai", "anthropic"]
+    model: str
+    messages: tuple[tuple[str, str], ...]
+    """(role, text) pairs, in order; list-of-blocks contents are joined into their text."""
+    system: str | None = None
+    max_tokens: int | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The last user message: what a prompt table row holds."""
+        for role, text in reversed(self.messages):
+            if role == "user":
+                return text
+        return self.messages[-1][1] if self.messages else ""
+
+
+def prompt_tokens(request: ChatRequest) -> int:
+    """Input tokens as billed: message texts plus a small per-message overhead."""
+    total = 3 + sum(4 + count_tokens(text) for _role, text in request.messages)
+    if request.system:
+        total += 4 + count_tokens(request.system)
+    return total
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    truncated: bool
+    """True when max_tokens cut the text (finish_reason length / stop_reason max_tokens)."""
+
+
+class UnknownPrompt(LookupError):
+    """The responder has no answer for this request; the message says why (no secrets)."""
+
+
+class Responder(Protocol):
+    def respond(self, request: ChatRequest) -> Answer: ...
+
+
+def _finish(request: ChatRequest, text: str) -> Answer:
+    """Usage from the texts; cut the answer at max_tokens like a real model would."""
+    tokens = list(_TOKEN.finditer(text))
+    truncated = request.max_tokens is not None and len(tokens) > request.max_tokens
+    if truncated:
+        assert request.max_tokens is not None
+        text = text[: tokens[request.max_tokens - 1].end()] if request.max_tokens > 0 else ""
+        n_out = request.max_tokens
+    else:
+        n_out = len(tokens)
+    return Answer(text=text, input_tokens=prompt_tokens(request), output_tokens=n_out, truncated=truncated)
+
+
+_WORDS = (
+    "the answer depends on several factors first consider the numbers given then apply the rule "
+    "step by step so the result follows directly we check each case carefully and combine them "
+    "therefore in total this gives a clear final value which matches the expected pattern"
+).split()
+
+
+@dataclass(frozen=True)
+class SyntheticResponder:
+    """Deterministic made-up answers: text and length derived from (seed, model, messages)."""
+
+    seed: int = 0
+    min_words: int = 8
+    max_words: int = 80
+
+    def respond(self, request: ChatRequest) -> Answer:
+        key = repr((self.seed, request.model, request.system, request.messages)).encode()
+        rng = random.Random(hashlib.sha256(key).digest())
+        n = rng.randint(self.min_words, self.max_words)
+        words = [rng.choice(_WORDS) for _ in range(n)]
+        text = f"[{request.model}] " + " ".join(words) + f". Final answer: {rng.randint(0, 999)}."
+        return _finish(request, text)
+
+
+class ReplayResponder:
+    """Answers recorded in a table with columns prompt, model, response.
+
+    `model_aliases` maps a configured model name onto a recorded one
+    (`{"gpt-4.1": "gpt-4-1106-preview"}`); the key `"*"` maps any other name.
+    A prompt or model not in the table -> `UnknownPrompt` (an errored result line).
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame | str | Path,
+        model_aliases: Mapping[str, str] | None = None,
+    ) -> None:
+        df = _read_table(table) if isinstance(table, (str, Path)) else table
+        missing = [c for c in ("prompt", "model", "response") if c not in df.columns]
+        if missing:
+            raise ValueError(
+                f"replay table lacks column(s) {missing}; it needs prompt, model, response "
+                f"(a GSM8K-style file? use ReplayResponder.from_gsm8k_csv)"
+            )
+        self._answers: dict[tuple[str, str], str] = {}
+        for prompt, model, response in zip(df["prompt"], df["model"], df["response"], strict=True):
+            if not isinstance(prompt, str) or not isinstance(model, str) or not isinstance(response, str):
+                continue  # a missing answer is "not recorded", not an empty answer
+            self._answers.setdefault((model, prompt.strip()), response)
+        self.models: frozenset[str] = frozenset(m for m, _ in self._answers)
+        self.model_aliases: dict[str, str] = dict(model_aliases or {})
+        unknown = sorted(set(self.model_aliases.values()) - self.models)
+        if unknown:
+            raise ValueError(f"model_aliases point at model(s) not in the table: {unknown}; recorded: {sorted(self.models)}")
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    @classmethod
+    def from_gsm8k_csv(cls, path: str | Path, model_aliases: Mapping[str, str] | None = None) -> ReplayResponder:
+        """RouteLLM's gsm8k_responses.csv: columns prompt, <model>, <model>_response."""
+        return cls(_melt_wide(_read_table(path)), model_aliases)
+
+    @classmethod
+    def load(cls, path: str | Path, model_aliases: Mapping[str, str] | None = None) -> ReplayResponder:
+        """A long table (prompt, model, response) or a wide GSM8K-style one, CSV or Parquet."""
+        df = _read_table(path)
+        if "model" not in df.columns and any(str(c).endswith("_response") for c in df.columns):
+            df = _melt_wide(df)
+        return cls(df, model_aliases)
+
+    def recorded_model(self, model: str) -> str | None:
+        if model in self.models:
+            return model
+        return self.model_aliases.get(model, self.model_aliases.get("*"))
+
+    def respond(self, request: ChatRequest) -> Answer:
+        recorded = self.recorded_model(request.model)
+        if recorded is None:
+            raise UnknownPrompt(
+                f"replay: no recorded answers for model {request.model!r} and no alias for it; "
+                f"recorded models: {sorted(self.models)}"
+            )
+        text = self._answers.get((recorded, request.prompt.strip()))
+        if text is None:
+            head = request.prompt.strip()[:60]
+            raise UnknownPrompt(f"replay: prompt not in the replay table for model {recorded!r}: {head!r}...")
+        return _finish(request, text)
+
+
+def _read_table(path: str | Path) -> pd.DataFrame:
+    import pandas as pd
+
+    path = str(path)
+    if path.endswith(".parquet") or Path(path).is_dir():
+        return pd.read_parquet(path)
+    if path.endswith(".csv"):
+        return pd.read_csv(path)
+    raise ValueError(f"replay table {path!r}: expected a .csv or .parquet file")
+
+
+def _melt_wide(df: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
+    if "prompt" not in df.columns:
+        raise ValueError("GSM8K-style replay file lacks the 'prompt' column")
+    models: Sequence[str] = [str(c)[: -len("_response")] for c in df.columns if str(c).endswith("_response")]
+    if not models:
+        raise ValueError("GSM8K-style replay file has no '<model>_response' column")
+    parts: list[Any] = [
+        pd.DataFrame({"prompt": df["prompt"], "model": m, "response": df[f"{m}_response"]}) for m in models
+    ]
+    return pd.concat(parts, ignore_index=True)
