@@ -15,6 +15,7 @@ ROUTERS: dict[str, str] = {
     "sw_ranking": "routellm_batch.routers.sw_ranking:SWRankingRouter",
     "bert": "routellm_batch.routers.bert:BertRouter",
     "causal_llm": "routellm_batch.routers.causal_llm:CausalLLMRouter",
+    "stacked": "routellm_batch.routers.stacked:StackedRouter",
 }
 
 
