@@ -1,0 +1,194 @@
+"""Helpers for the submit / wait / collect tests: configs pointing at the sandbox, routed tables
+written with pyarrow, and the run's invariants checked against the sandbox's own books."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import yaml
+
+from routellm_batch.config import RunConfig, parse_config
+from routellm_batch.ledger import Ledger
+from routellm_batch.schemas import arrow_schema
+
+RUN_DATE = date(2026, 3, 1)
+KEY_ENV = "ROUTELLM_TEST_PROVIDER_KEY"
+# Recognizable, so that any leak into a file or a log line is found by a plain substring search.
+FAKE_KEY = "sk-test-LEAKCHECK-7f3a9c2e5b1d4e8f"
+
+
+def config_dict(srv: Any, root: Path | str, **batch: Any) -> dict[str, Any]:
+    return {
+        "job_name": "batchtest",
+        "input": {"uri": str(Path(root) / "input")},
+        "output_root": str(root),
+        "strong": {
+            "provider": "openai",
+            "model": "gpt-4.1",
+            "base_url": srv.openai_base_url,
+            "api_key_env": KEY_ENV,
+            "max_tokens": 64,
+            "request_template": {"temperature": 0},
+        },
+        "weak": {
+            "provider": "anthropic",
+            "model": "claude-haiku-4-5",
+            "base_url": srv.anthropic_base_url,
+            "api_key_env": KEY_ENV,
+            "max_tokens": 64,
+        },
+        "batch": {"poll_interval_seconds": 0.05, "create_timeout_seconds": 1.0, **batch},
+    }
+
+
+def make_config(srv: Any, root: Path | str, **batch: Any) -> RunConfig:
+    return parse_config(config_dict(srv, root, **batch))
+
+
+def write_config_yaml(srv: Any, root: Path, **batch: Any) -> Path:
+    path = root / "run.yaml"
+    path.write_text(yaml.safe_dump(config_dict(srv, root, **batch)))
+    return path
+
+
+def routed_row(cfg: RunConfig, queue: str, prompt_id: str, prompt: str | None = None, **extra: Any) -> dict[str, Any]:
+    spec = cfg.strong if queue == "strong" else cfg.weak
+    row = {
+        "run_id": cfg.run_id(RUN_DATE),
+        "prompt_id": prompt_id,
+        "prompt": prompt if prompt is not None else f"What is {len(prompt_id)} plus {sum(map(ord, prompt_id)) % 97}?",
+        "messages": None,
+        "system": None,
+        "max_tokens": None,
+        "strong_win_prob": 0.9 if queue == "strong" else 0.1,
+        "model": spec.model,
+        "provider": spec.provider,
+        "router": "random",
+        "threshold": 0.5,
+        "est_input_tokens": 12,
+        "run_date": RUN_DATE.isoformat(),
+        "queue": queue,
+    }
+    row.update(extra)
+    return row
+
+
+def write_routed(cfg: RunConfig, rows: Iterable[Mapping[str, Any]], files_per_queue: int = 1) -> int:
+    """Write rows as the routed table (Hive partitions run_date=/queue=, like Spark does)."""
+    by_queue: dict[str, list[Mapping[str, Any]]] = {"strong": [], "weak": []}
+    for r in rows:
+        by_queue[r["queue"]].append(r)
+    schema = arrow_schema("routed")
+    n = 0
+    for queue, qrows in by_queue.items():
+        if not qrows:
+            continue
+        d = Path(cfg.table_uri("routed")) / f"run_date={RUN_DATE.isoformat()}" / f"queue={queue}"
+        d.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist(list(qrows), schema=schema).drop(["run_date", "queue"])
+        step = max(1, -(-len(qrows) // files_per_queue))
+        for i in range(0, len(qrows), step):
+            pq.write_table(table.slice(i, step), d / f"part-{i // step:05d}.parquet")
+        n += len(qrows)
+    return n
+
+
+def simple_rows(cfg: RunConfig, n_strong: int, n_weak: int) -> list[dict[str, Any]]:
+    return [routed_row(cfg, "strong", f"s{i:05d}") for i in range(n_strong)] + [
+        routed_row(cfg, "weak", f"w{i:05d}") for i in range(n_weak)
+    ]
+
+
+def read_responses(cfg: RunConfig) -> pa.Table:
+    path = Path(cfg.table_uri("responses")) / f"run_date={RUN_DATE.isoformat()}"
+    return ds.dataset(str(path), format="parquet").to_table()
+
+
+def shard_of_custom_ids(cfg: RunConfig) -> dict[str, str]:
+    """custom_id -> shard_id, from every shard map in the ledger."""
+    ledger = Ledger.for_run(cfg, RUN_DATE)
+    out: dict[str, str] = {}
+    for name in ledger.list_files("shards"):
+        if name.endswith(".map.parquet"):
+            shard = name[: -len(".map.parquet")]
+            for cid in pq.read_table(ledger.path(f"shards/{name}")).column("custom_id").to_pylist():
+                out[cid] = shard
+    return out
+
+
+def check_invariants(cfg: RunConfig, srv: Any, routed_ids: Iterable[str]) -> dict[str, Any]:
+    """The product's promises, checked against the sandbox's books. Returns the fault-matrix row."""
+    routed_ids = list(routed_ids)
+    responses = read_responses(cfg)
+    ids = responses.column("prompt_id").to_pylist()
+    dup_rows = [p for p, c in Counter(ids).items() if c > 1]
+    assert not dup_rows, f"prompts with more than one response row: {dup_rows[:5]}"
+    assert set(ids) == set(routed_ids), (
+        f"missing {sorted(set(routed_ids) - set(ids))[:5]}, unexpected {sorted(set(ids) - set(routed_ids))[:5]}"
+    )
+    # Billed at most once per request, and per prompt over all its attempts.
+    billed = srv.billed()
+    over = {k: v for k, v in billed.items() if v > 1}
+    assert not over, f"requests billed more than once: {over}"
+    cid_to_prompt = {}
+    ledger = Ledger.for_run(cfg, RUN_DATE)
+    for name in ledger.list_files("shards"):
+        if name.endswith(".map.parquet"):
+            t = pq.read_table(ledger.path(f"shards/{name}"))
+            cid_to_prompt.update(zip(t.column("custom_id").to_pylist(), t.column("prompt_id").to_pylist()))
+    per_prompt = Counter(cid_to_prompt[cid] for (_prov, cid), n in billed.items() for _ in range(n) if cid in cid_to_prompt)
+    assert all(v == 1 for v in per_prompt.values()), {p: v for p, v in per_prompt.items() if v > 1}
+    # No shard has two batches.
+    shard_of = shard_of_custom_ids(cfg)
+    batches_per_shard: Counter[str] = Counter()
+    for b in srv.batches():
+        shards = {shard_of.get(cid) for cid in b.custom_ids} - {None}
+        assert len(shards) <= 1, f"batch {b.id} mixes shards {shards}"
+        if shards:
+            batches_per_shard[shards.pop()] += 1
+    twice = {s: n for s, n in batches_per_shard.items() if n > 1}
+    assert not twice, f"shards with more than one batch: {twice}"
+    # Every succeeded row was billed exactly once, under its own custom_id.
+    status = responses.column("status").to_pylist()
+    cids = responses.column("custom_id").to_pylist()
+    for s, cid, provider in zip(status, cids, responses.column("provider").to_pylist()):
+        if s == "succeeded":
+            assert billed.get((provider, cid)) == 1, f"succeeded row {cid} billed {billed.get((provider, cid))} times"
+    return {
+        "rows_in": len(routed_ids),
+        "outcomes": dict(Counter(status)),
+        "error_types": dict(Counter(e for e in responses.column("error_type").to_pylist() if e)),
+        "duplicates_billed": sum(v - 1 for v in billed.values() if v > 1),
+        "batches": len(srv.batches()),
+    }
+
+
+def files_containing(root: Path, needle: str) -> list[str]:
+    """Every file under root whose bytes contain needle."""
+    hits = []
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath) / f
+            try:
+                if needle.encode() in p.read_bytes():
+                    hits.append(str(p))
+            except OSError:
+                pass
+    return hits
+
+
+def all_outcomes(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Every stored outcome row of the run (all attempts), from the ledger."""
+    ledger = Ledger.for_run(cfg, RUN_DATE)
+    rows: list[dict[str, Any]] = []
+    for name in ledger.list_files("outcomes"):
+        rows.extend(pq.read_table(ledger.path(f"outcomes/{name}")).to_pylist())
+    return rows
