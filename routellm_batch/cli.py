@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if known.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("great_expectations", "py4j"):  # chatty at INFO; their warnings still show
+    for noisy in ("great_expectations", "py4j", "httpx", "httpx2", "httpcore"):  # chatty at INFO; warnings still show
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(module.run(args) or 0)

@@ -19,8 +19,9 @@ class SuiteResult:
     statistics: dict[str, Any]
 
     def summary(self) -> str:
-        head = f"{self.suite}: {'passed' if self.success else 'FAILED'} ({self.statistics.get('successful_expectations')}/{self.statistics.get('evaluated_expectations')})"
-        return "\n".join([head, *(f"  - {f}" for f in self.failures)])
+        met = f"{self.statistics.get('successful_expectations')}/{self.statistics.get('evaluated_expectations')}"
+        head = f"great-expectations suite {self.suite}: {met} expectations met"
+        return "\n".join([head, *(f"  not met: {f}" for f in self.failures)])
 
 
 def run_suite(df: DataFrame, suite: ExpectationSuite) -> SuiteResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from routellm_batch.config import SparkSettings
@@ -16,7 +17,7 @@ _RUN_DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
 }
-# Only for the local[*] session this factory starts itself: a cluster's sizing is the submitter's.
+# Only for a session this factory starts itself (not under spark-submit, whose sizing is the submitter's).
 _LOCAL_DEFAULTS = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
@@ -34,11 +35,11 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "routellm-b
     # spark-submit starts the JVM first and says so in the environment; its master and conf win.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     conf: dict[str, str] = {}
-    if settings.master:
-        builder = builder.master(settings.master)
-    elif not submitted:
-        builder = builder.master("local[*]")
+    if not submitted:
+        builder = builder.master(settings.master or "local[*]")
         conf.update(_LOCAL_DEFAULTS)
+        # Python workers must see this interpreter's packages (pandas, the router), not the system python.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if settings.shuffle_partitions:
         conf["spark.sql.shuffle.partitions"] = str(settings.shuffle_partitions)
     conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(settings.arrow_batch_size)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from routellm_batch.config import RunConfig, load_config, parse_run_date
 from routellm_batch.ledger import atomic_output, filesystem_for
-from routellm_batch.providers.pricing import batch_discount, price_table_for, to_cents
+from routellm_batch.providers.pricing import batch_discount, price_table_for
 from routellm_batch.schemas import arrow_schema
 
 __all__ = ["OutcomeInvariantError", "ReportSummary", "add_arguments", "execute", "run"]
@@ -46,16 +46,21 @@ class ReportSummary:
     statuses: dict[str, int]
 
     def render(self) -> str:
-        head = f"{'model':<20} {'queue':<6} {'requests':>8} {'in tok':>9} {'out tok':>9} {'cost $':>10} {'all-strong batch $':>19} {'all-strong online $':>20} {'saved $':>9}"
+        head = f"{'model':<20} {'queue':<6} {'requests':>8} {'in tok':>9} {'out tok':>9} {'cost $':>10} {'all-strong batch $':>19} {'all-strong online $':>20} {'saved $':>10}"
         lines = [f"cost report {self.run_id} (price table {self.rows[-1]['price_table_version']}):", head]
         for r in self.rows:
             lines.append(
                 f"{r['model']:<20} {r['queue']:<6} {r['requests']:>8} {r['input_tokens']:>9} {r['output_tokens']:>9} "
-                f"{to_cents(r['cost_usd']):>10} {to_cents(r['baseline_all_strong_usd']):>19} "
-                f"{to_cents(r['baseline_online_usd']):>20} {to_cents(r['savings_usd']):>9}"
+                f"{_usd(r['cost_usd']):>10} {_usd(r['baseline_all_strong_usd']):>19} "
+                f"{_usd(r['baseline_online_usd']):>20} {_usd(r['savings_usd']):>10}"
             )
         lines.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())))
         return "\n".join(lines)
+
+
+def _usd(amount: Decimal) -> str:
+    # Printed to 1/100 of a cent so small runs show something; the table keeps the exact amounts.
+    return str(amount.quantize(Decimal("0.0001")))
 
 
 def _read_partition(config: RunConfig, name: str, run_date: date, columns: list[str]) -> pa.Table:
