@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routellm-batch", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and a line per HTTP call")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -48,12 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"routellm-batch {known.command}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    logging.basicConfig(
-        level=logging.DEBUG if known.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("great_expectations", "py4j", "httpx", "httpx2", "httpcore"):  # chatty at INFO; warnings still show
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # --verbose: our own debug lines plus every HTTP call; libraries' debug output stays off.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if known.verbose:
+        logging.getLogger("routellm_batch").setLevel(logging.DEBUG)
+    else:
+        for noisy in ("great_expectations", "py4j", "httpx", "httpx2", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(module.run(args) or 0)
     except ConfigError as exc:

@@ -43,7 +43,7 @@ def _cli(args: list[str], log: Path, kill_after: int | None, rng: random.Random)
     t0 = time.monotonic()
     env = {**os.environ, KEY_ENV: FAKE_KEY, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "routellm_batch.cli", *args],
+        [sys.executable, "-m", "routellm_batch.cli", "--verbose", *args],  # every HTTP call logs a line
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

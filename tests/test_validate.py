@@ -77,7 +77,7 @@ def test_every_bad_row_kind_lands_in_quarantine_with_its_reason(spark, tmp_path)
     assert set(valid) == {"ok-1", "ok-2", "dup"}
     assert valid["dup"].prompt == "first of a duplicated id"
     assert valid["ok-1"].max_tokens == 16 and valid["ok-2"].max_tokens is None
-    assert "FAILED" in summary.input_suite  # the input suite reports what the rows broke
+    assert "not met: expect_column_values_to_be_unique" in summary.input_suite  # the input suite reports what rows broke
 
 
 def test_duplicate_kept_is_the_first_by_file_then_position(spark, tmp_path):
