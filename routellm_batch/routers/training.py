@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 #: The embedder each family trains with when none is given. mf gets cheap text statistics appended
 #: (it standardizes its inputs); sw_ranking compares prompts by cosine similarity, which such
 #: unscaled statistics would swamp, so it gets the plain embedding.
-DEFAULT_EMBEDDERS: dict[str, str] = {"mf": "wordllama+features", "sw_ranking": "wordllama"}
+DEFAULT_EMBEDDERS: dict[str, str] = {"mf": "wordllama+features", "sw_ranking": "wordllama", "stacked": "wordllama"}
 
 
 def _train_mf(battles, out_dir, *, seed, strong_model, weak_model, embedder, **options) -> Router:
@@ -59,6 +59,13 @@ def _train_sw_ranking(battles, out_dir, *, seed, strong_model, weak_model, embed
     return SWRankingRouter.fit(
         battles, embedder, seed=seed, strong_model=strong_model, weak_model=weak_model, **options
     )
+
+
+def _train_stacked(battles, out_dir, *, seed, strong_model, weak_model, embedder, **options) -> Router:
+    # The stacked router computes its own prompt features beside the embedding.
+    from routellm_batch.routers.stacked import StackedRouter
+
+    return StackedRouter.fit(battles, embedder, seed=seed, strong_model=strong_model, weak_model=weak_model, **options)
 
 
 def _train_bert(battles, out_dir, *, seed, strong_model, weak_model, embedder, **options) -> Router:
@@ -81,6 +88,7 @@ def _train_bert(battles, out_dir, *, seed, strong_model, weak_model, embedder, *
 TRAINERS: dict[str, Callable[..., Router]] = {
     "mf": _train_mf,
     "sw_ranking": _train_sw_ranking,
+    "stacked": _train_stacked,
     "bert": _train_bert,
 }
 _SAVES_ITSELF = {"bert"}  # train_bert writes out_dir itself
