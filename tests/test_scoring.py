@@ -195,3 +195,13 @@ def test_score_stage_writes_the_internal_scores_table(spark, tmp_path: Path):
     np.testing.assert_array_equal([r["strong_win_prob"] for r in got], LengthRouter().score([expected_text(r) for r in want]))
     with pytest.raises(score.MissingInput, match="run `routellm-batch validate` first"):
         score.execute(config, date(2020, 1, 1), spark)
+
+
+def test_the_default_router_ships_as_its_checkpoint_and_names_its_digest(spark):
+    from routellm_batch.routers.checkpoint import DEFAULT_CHECKPOINT
+
+    shipment = ship_router(spark, RouterSpec())  # kind "default": the checkpoint inside the package
+    assert shipment.mode == "spark_files" and shipment.kind == "mf"
+    assert shipment.name == f"mf@{checkpoint_digest(DEFAULT_CHECKPOINT)[:12]}"
+    chosen = ship_router(spark, RouterSpec(strong_model="gpt-4-1106-preview", weak_model="qwen2.5-7b-instruct"))
+    assert chosen.digest == shipment.digest and chosen.name.endswith(":gpt-4-1106-preview/qwen2.5-7b-instruct")

@@ -169,8 +169,8 @@ def _evaluate_once(spark: SparkSession, df: DataFrame) -> tuple[DataFrame, Calla
 def _route_and_write(
     config: RunConfig, run_date: date, spark: SparkSession, scored: DataFrame, router: str,
     prices: PriceTable, discount: Decimal,
-) -> tuple[SplitDecision, QueueTotals, dict[str, Any]]:
-    """scored: the prompts columns + strong_win_prob + router. Writes routed + the estimate."""
+) -> tuple[SplitDecision, QueueTotals, dict[str, Any], str]:
+    """scored: the prompts columns + strong_win_prob + router. Writes routed + the estimate (and its URI)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -219,15 +219,19 @@ def _route_and_write(
     estimate_uri = f"{config.table_uri('estimates')}/run_date={run_date.isoformat()}/{ESTIMATE_FILE}"
     _write_text(spark, estimate_uri, json.dumps(estimate, indent=2) + "\n")
     log.info("split estimate %s: %s", estimate_uri, json.dumps(estimate))
-    return decision, totals, estimate | {"_uri": estimate_uri}
+    return decision, totals, estimate, estimate_uri
 
 
-def _summary(config: RunConfig, run_date: date, decision, totals, estimate, router: str, loads: int | None) -> SplitSummary:
+def _summary(
+    config: RunConfig, run_date: date, written: tuple[SplitDecision, QueueTotals, dict[str, Any], str],
+    router: str, loads: int | None,
+) -> SplitSummary:
+    decision, totals, estimate, estimate_uri = written
     budget = Decimal(estimate["budget_usd"]) if "budget_usd" in estimate else None
     summary = SplitSummary(
         config.run_id(run_date), decision.policy, decision.target, decision.threshold, totals.strong_rows,
         totals.weak_rows, Decimal(estimate["est_cost_usd_exact"]), budget, router, config.table_uri("routed"),
-        estimate["_uri"], loads,
+        estimate_uri, loads,
     )
     log.info("%s", summary.render())
     return summary
@@ -255,8 +259,8 @@ def execute(config: RunConfig, run_date: date, spark: SparkSession | None = None
         )
     routers = [r[0] for r in scores.select("router").distinct().limit(2).collect()]
     router = routers[0] if len(routers) == 1 else ",".join(routers) or "none"
-    decision, totals, estimate = _route_and_write(config, run_date, spark, scored, router, prices, discount)
-    return _summary(config, run_date, decision, totals, estimate, router, None)
+    written = _route_and_write(config, run_date, spark, scored, router, prices, discount)
+    return _summary(config, run_date, written, router, None)
 
 
 def score_and_split(config: RunConfig, run_date: date, spark: SparkSession | None = None) -> SplitSummary:
@@ -273,8 +277,8 @@ def score_and_split(config: RunConfig, run_date: date, spark: SparkSession | Non
     scored = score_prompts(read_prompts(spark, config, run_date), config.router, spark)
     router = scored.shipment.name
     frame = scored.df.withColumn("router", F.lit(router))
-    decision, totals, estimate = _route_and_write(config, run_date, spark, frame, router, prices, discount)
-    return _summary(config, run_date, decision, totals, estimate, router, scored.router_loads)
+    written = _route_and_write(config, run_date, spark, frame, router, prices, discount)
+    return _summary(config, run_date, written, router, scored.router_loads)
 
 
 # --- CLI ----------------------------------------------------------------------------------------------
