@@ -32,7 +32,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from routellm_batch.config import RunConfig, load_config, parse_run_date
+from routellm_batch.config import RunConfig, load_config
+from routellm_batch.stages import add_run_arguments
 from routellm_batch.ledger import Ledger, ShardRecord, ShardState
 from routellm_batch.providers.base import BatchInfo, BatchProvider, BatchState, MalformedResultLine
 from routellm_batch.providers.errors import ErrorType
@@ -347,8 +348,7 @@ def _summary(ctx: RunContext, records: list[ShardRecord], uri: str | None, start
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="run config YAML (default: the embedded demo config)")
-    parser.add_argument("--run-date", required=True, type=parse_run_date, help="YYYY-MM-DD")
+    add_run_arguments(parser)
     parser.add_argument("--no-wait", action="store_true", help="collect what is finished and exit (3 if retries are in flight)")
     parser.add_argument("--timeout", type=float, default=None, help="stop waiting for retries after this many seconds (exit 3)")
 

@@ -17,7 +17,8 @@ import os
 from collections.abc import Iterator
 from datetime import date
 
-from routellm_batch.config import RunConfig, load_config, parse_run_date
+from routellm_batch.config import RunConfig, load_config
+from routellm_batch.stages import add_run_arguments
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,12 @@ def execute(config: RunConfig, run_date: date) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="run config YAML (default: the embedded demo config)")
-    parser.add_argument("--run-date", required=True, help="YYYY-MM-DD")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    run_date = parse_run_date(args.run_date)
+    run_date = args.run_date
     for text in execute(config, run_date):
         print(text, end="\n\n", flush=True)
     print(f"tables under {config.output_root}: prompts, quarantine, routed, responses, cost_report, ledger")

@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from routellm_batch.config import RunConfig, load_config, parse_run_date
+from routellm_batch.config import RunConfig, load_config
+from routellm_batch.stages import add_run_arguments
 from routellm_batch.ledger import atomic_output, filesystem_for
 from routellm_batch.providers.pricing import batch_discount, price_table_for
 from routellm_batch.schemas import arrow_schema
@@ -137,11 +138,10 @@ def execute(config: RunConfig, run_date: date) -> ReportSummary:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="run config YAML (default: the embedded demo config)")
-    parser.add_argument("--run-date", required=True, help="YYYY-MM-DD")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = execute(load_config(args.config), parse_run_date(args.run_date))
+    summary = execute(load_config(args.config), args.run_date)
     print(summary.render())
     return 0

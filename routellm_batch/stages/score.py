@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from typing import TYPE_CHECKING
 
-from routellm_batch.config import RunConfig, load_config, parse_run_date
+from routellm_batch.config import RunConfig, load_config
+from routellm_batch.stages import add_run_arguments
 
 if TYPE_CHECKING:
     import argparse
@@ -126,13 +127,12 @@ def execute(config: RunConfig, run_date: date, spark: SparkSession | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="run config YAML (default: the embedded demo config)")
-    parser.add_argument("--run-date", required=True, help="YYYY-MM-DD")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    run_date = parse_run_date(args.run_date)
+    run_date = args.run_date
     try:
         summary = execute(config, run_date)
     except (MissingInput, FileNotFoundError) as exc:

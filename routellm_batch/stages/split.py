@@ -23,7 +23,8 @@ from datetime import date
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from routellm_batch.config import BudgetUSD, ConfigError, FixedThreshold, RunConfig, load_config, parse_run_date
+from routellm_batch.config import BudgetUSD, ConfigError, FixedThreshold, RunConfig, load_config
+from routellm_batch.stages import add_run_arguments
 from routellm_batch.providers.pricing import (
     CHARS_PER_TOKEN,
     MESSAGE_OVERHEAD_TOKENS,
@@ -285,8 +286,7 @@ def score_and_split(config: RunConfig, run_date: date, spark: SparkSession | Non
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="run config YAML (default: the embedded demo config)")
-    parser.add_argument("--run-date", required=True, help="YYYY-MM-DD")
+    add_run_arguments(parser)
     parser.add_argument(
         "--score", action="store_true",
         help="score and split in one job (no intermediate scores table; same as jobs/score_and_split.py)",
@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     from routellm_batch.stages.score import MissingInput
 
     config = load_config(args.config)
-    run_date = parse_run_date(args.run_date)
+    run_date = args.run_date
     try:
         summary = (score_and_split if args.score else execute)(config, run_date)
     except (MissingInput, BudgetTooSmall, FileNotFoundError) as exc:

@@ -38,7 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from routellm_batch.config import ModelSpec, RunConfig, load_config, parse_run_date
+from routellm_batch.config import ModelSpec, RunConfig, load_config
+from routellm_batch.stages import add_run_arguments
 from routellm_batch.ledger import Ledger, ShardRecord, ShardState, filesystem_for, utcnow
 from routellm_batch.providers.base import BatchInfo, BatchProvider, BatchRequest, ShardPayload
 from routellm_batch.providers.custom_id import make_custom_id
@@ -702,8 +703,7 @@ def execute(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="run config YAML (default: the embedded demo config)")
-    parser.add_argument("--run-date", required=True, type=parse_run_date, help="YYYY-MM-DD")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,19 +9,18 @@ order stays valid: source file path, then position in the file for Parquet, then
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
 
-from routellm_batch.config import ConfigError, RunConfig, load_config, parse_run_date
+from routellm_batch.config import ConfigError, RunConfig, load_config
+from routellm_batch.stages import add_run_arguments
 
 if TYPE_CHECKING:
     import argparse
 
     from pyspark.sql import Column, DataFrame, SparkSession
 
-log = logging.getLogger(__name__)
 
 _ROLES = ("system", "user", "assistant")
 _INTEGRAL = ("TINYINT", "SMALLINT", "INT", "BIGINT")
@@ -368,7 +367,6 @@ def execute(config: RunConfig, run_date: date, spark: SparkSession | None = None
         summary = ValidateSummary(**{**asdict(summary), "input_suite": input_report.summary()})
     finally:
         classified.unpersist()
-    log.info("%s", summary.render())
     return summary
 
 
@@ -382,17 +380,17 @@ def _table_columns(name: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="run config YAML (default: the embedded demo config)")
-    parser.add_argument("--run-date", required=True, help="YYYY-MM-DD")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    run_date = parse_run_date(args.run_date)
+    run_date = args.run_date
     try:
         summary = execute(config, run_date)
     except (InputError, QuarantineLimitExceeded) as exc:
         print(f"validate failed: {exc}")
         return 1
+    print(summary.render())
     print(json.dumps({"prompts": config.table_uri("prompts"), "quarantine": config.table_uri("quarantine")}))
     return 0

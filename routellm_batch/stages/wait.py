@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from routellm_batch.config import RunConfig, load_config, parse_run_date
+from routellm_batch.config import RunConfig, load_config
+from routellm_batch.stages import add_run_arguments
 from routellm_batch.ledger import Ledger, ShardRecord, ShardState
 from routellm_batch.providers.base import BatchInfo, BatchProvider, BatchState
 from routellm_batch.providers.registry import build_provider
@@ -182,8 +183,7 @@ def execute(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="run config YAML (default: the embedded demo config)")
-    parser.add_argument("--run-date", required=True, type=parse_run_date, help="YYYY-MM-DD")
+    add_run_arguments(parser)
     parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 3)")
 
 
