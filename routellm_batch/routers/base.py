@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,3 +29,14 @@ class Router(ABC):
     def load(cls, directory: str | Path, device: str = "cpu") -> Router:
         """Load a checkpoint directory written by `save`."""
         raise NotImplementedError(f"{cls.__name__} cannot be loaded from a checkpoint")
+
+
+def read_checkpoint_config(directory: str | Path, kind: str, format_version: int) -> dict[str, Any]:
+    """A checkpoint's config.json, checked to be of `kind` and no newer than `format_version`."""
+    directory = Path(directory)
+    config = json.loads((directory / "config.json").read_text())
+    if config.get("kind") != kind:
+        raise ValueError(f"{directory}: config.json kind is {config.get('kind')!r}, not {kind!r}")
+    if config.get("format_version", 0) > format_version:
+        raise ValueError(f"{directory}: {kind} checkpoint format {config['format_version']} is newer than this code")
+    return config

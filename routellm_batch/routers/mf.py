@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from routellm_batch.routers.base import Router
+from routellm_batch.routers.base import Router, read_checkpoint_config
 from routellm_batch.routers.embedders import Embedder, build_embedder
 
 __all__ = ["MFWeights", "MatrixFactorizationRouter"]
@@ -225,11 +225,7 @@ class MatrixFactorizationRouter(Router):
         from safetensors.numpy import load_file
 
         directory = Path(directory)
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        if config.get("kind") != cls.kind:
-            raise ValueError(f"{directory}: config.json kind is {config.get('kind')!r}, not {cls.kind!r}")
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{directory}: mf checkpoint format {config['format_version']} is newer than this code")
+        config = read_checkpoint_config(directory, cls.kind, FORMAT_VERSION)
         weights = MFWeights.from_tensors(load_file(str(directory / WEIGHTS_FILE)))
         embedder = build_embedder(config["embedder"], device=device, base_dir=directory)
         # (an hf model's width is known only once it is loaded: then it is checked at scoring time)

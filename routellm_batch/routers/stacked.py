@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from routellm_batch.routers.base import Router
+from routellm_batch.routers.base import Router, read_checkpoint_config
 from routellm_batch.routers.embedders import Embedder, build_embedder
 
 __all__ = ["PROMPT_FEATURES", "StackedRouter", "battle_gains", "prompt_features"]
@@ -353,13 +353,7 @@ class StackedRouter(Router):
         from safetensors.numpy import load_file
 
         directory = Path(directory)
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        if config.get("kind") != cls.kind:
-            raise ValueError(f"{directory}: config.json kind is {config.get('kind')!r}, not {cls.kind!r}")
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{directory}: stacked checkpoint format {config['format_version']} is newer than this code"
-            )
+        config = read_checkpoint_config(directory, cls.kind, FORMAT_VERSION)
         if config.get("features") != list(PROMPT_FEATURES):
             raise ValueError(f"{directory}: trained on prompt features {config.get('features')}, "
                              f"this code computes {list(PROMPT_FEATURES)}")

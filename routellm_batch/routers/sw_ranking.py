@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from routellm_batch.routers.base import Router
+from routellm_batch.routers.base import Router, read_checkpoint_config
 from routellm_batch.routers.embedders import Embedder, build_embedder
 
 __all__ = ["SWRankingRouter", "battle_counts", "bt_fit_batched", "similarity_weights"]
@@ -237,11 +237,7 @@ class SWRankingRouter(Router):
         from safetensors.numpy import load_file
 
         directory = Path(directory)
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        if config.get("kind") != cls.kind:
-            raise ValueError(f"{directory}: config.json kind is {config.get('kind')!r}, not {cls.kind!r}")
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{directory}: sw_ranking checkpoint format {config['format_version']} is newer than this code")
+        config = read_checkpoint_config(directory, cls.kind, FORMAT_VERSION)
         t = load_file(str(directory / WEIGHTS_FILE))
         return cls(
             build_embedder(config["embedder"], device=device, base_dir=directory),
