@@ -34,6 +34,7 @@ from routellm_batch.providers.pricing import (
     PriceTable,
     to_cents,
 )
+from routellm_batch.spark.tables import delete_path
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -388,13 +389,10 @@ def drop_stale_partitions(spark: SparkSession, table_uri: str, run_date: date, b
     holds only new file names; one whose files all predate the write is stale.
     """
     after = list_partition_files(spark, table_uri, run_date)
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
     dropped = []
     for rel, files in after.items():
         if files <= before.get(rel, frozenset()):
-            path = jvm.org.apache.hadoop.fs.Path(f"{table_uri.rstrip('/')}/run_date={run_date.isoformat()}/{rel}".rstrip("/"))
-            path.getFileSystem(conf).delete(path, True)
+            delete_path(spark, f"{table_uri.rstrip('/')}/run_date={run_date.isoformat()}/{rel}".rstrip("/"))
             dropped.append(rel)
     if dropped:
         # Cached plans over this table (ours or a caller's) still list the deleted files.

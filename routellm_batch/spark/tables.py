@@ -47,8 +47,12 @@ def read_run_table(spark: SparkSession, config: RunConfig, name: str, run_date: 
     return df.where(F.col("run_date") == run_date.isoformat()).select(*t.names)
 
 
-def delete_partition(spark: SparkSession, config: RunConfig, name: str, run_date: date) -> None:
-    """Remove one run date of a table, through Spark's own filesystem layer (works for any URI it writes)."""
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(f"{config.table_uri(name)}/run_date={run_date.isoformat()}")
+def delete_path(spark: SparkSession, uri: str) -> None:
+    """Remove a file or folder through Spark's own filesystem layer (works for any URI Spark writes)."""
+    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)
     path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
+
+
+def delete_partition(spark: SparkSession, config: RunConfig, name: str, run_date: date) -> None:
+    """Remove one run date of a table."""
+    delete_path(spark, f"{config.table_uri(name)}/run_date={run_date.isoformat()}")
