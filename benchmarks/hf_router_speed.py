@@ -5,7 +5,7 @@ and a WordPiece tokenizer trained here on synthetic text, so it runs without any
 
     python benchmarks/hf_router_speed.py                       # CPU, and CUDA (fp16) when available
     python benchmarks/hf_router_speed.py --device cuda --n 20000
-    python benchmarks/hf_router_speed.py --prompts-csv /work/shared/data/routellm_evals/gsm8k/gsm8k_responses.csv
+    python benchmarks/hf_router_speed.py --prompts-csv ../shared/data/routellm_evals/gsm8k/gsm8k_responses.csv
 
 Prints one JSON object per (device, batch size) line; batch size 1 is timed on at most --n-single prompts.
 """

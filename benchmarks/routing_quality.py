@@ -13,7 +13,7 @@ Options: --benchmarks mmlu,gsm8k  --routers mf,sw_ranking,stacked  --folds 5  --
          --out out/routing_quality (figures.csv/json, curves.csv, routing_quality.png per benchmark;
          summary.json)  --extra-llmrouter (also mf trained with LLMRouter's 9-model battles added,
          prompts overlapping the benchmark removed; a few more minutes per benchmark).
-Data: $ROUTELLM_BATCH_DATA or /work/shared/data (routellm_evals/, llmrouter/).
+Data: $ROUTELLM_BATCH_DATA, else shared/data beside the checkout (routellm_evals/, llmrouter/).
 
 bert is not run: it fine-tunes a pretrained encoder, and none is available offline here (no model hub;
 no local encoder installed); fine-tuning one on CPU for 5 folds of 11k prompts would take hours.

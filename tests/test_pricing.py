@@ -26,7 +26,7 @@ from routellm_batch.providers.pricing import (
 def test_shipped_table_has_a_version_and_the_documented_list_prices():
     table = load_price_table()
     assert table.version and table.source == str(SHIPPED_PRICE_TABLE)
-    # /work/shared/docs/provider-batch-apis.md, online USD per million tokens.
+    # shared/docs/provider-batch-apis.md, online USD per million tokens.
     expected = {
         "gpt-4o": ("2.50", "10.00"), "gpt-4o-mini": ("0.15", "0.60"), "gpt-4.1": ("2.00", "8.00"),
         "gpt-4.1-mini": ("0.40", "1.60"), "gpt-4.1-nano": ("0.10", "0.40"), "gpt-5": ("1.25", "10.00"),

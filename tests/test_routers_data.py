@@ -4,6 +4,7 @@ reference data, and the `routellm-batch train` command end to end."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -12,11 +13,27 @@ import pytest
 from routellm_batch.routers import data as D
 from routellm_batch.routers.data import DataError, load_training_data, outcome_models, outcomes_to_battles, validate_battles
 
-SHARED = D.default_data_root()
-needs_shared_data = pytest.mark.skipif(
-    not (SHARED / "routellm_evals").is_dir() or not (SHARED / "llmrouter").is_dir(),
-    reason=f"shared reference data not at {SHARED} (set ROUTELLM_BATCH_DATA)",
-)
+@pytest.fixture
+def shared_data():
+    """The shared reference data; CI always has it beside the checkout, so there a miss is a failure."""
+    why = D.shared_data_missing()
+    if why is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI without the shared data: {why}")
+        pytest.skip(why)
+    return D.default_data_root()
+
+
+def test_shared_data_is_found_by_option_then_env_then_beside_the_checkout(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[1]
+    monkeypatch.delenv(D.DATA_ROOT_ENV, raising=False)
+    assert D.default_data_root() == checkout.parent / "shared" / "data"
+    monkeypatch.setenv(D.DATA_ROOT_ENV, str(tmp_path))
+    assert D.default_data_root() == tmp_path
+    assert D.default_data_root(tmp_path / "opt") == tmp_path / "opt"
+    assert "set $ROUTELLM_BATCH_DATA or pass --data" in D.shared_data_missing()
 
 
 def test_outcomes_to_battles_labels_as_golden_labeled_data():
@@ -95,8 +112,7 @@ def test_unknown_table_format_is_a_clear_error(tmp_path):
         load_training_data(tmp_path / "missing.parquet")
 
 
-@needs_shared_data
-def test_routellm_evals_load_without_contaminated_prompts():
+def test_routellm_evals_load_without_contaminated_prompts(shared_data):
     mmlu = D.load_routellm_outcomes("mmlu")
     gsm8k = D.load_routellm_outcomes("gsm8k")
     # counts and accuracies stated in shared/data/README.md
@@ -105,13 +121,12 @@ def test_routellm_evals_load_without_contaminated_prompts():
     assert mmlu[D.ROUTELLM_WEAK].mean() == pytest.approx(0.681, abs=5e-4)
     assert gsm8k[D.ROUTELLM_STRONG].mean() == pytest.approx(0.858, abs=5e-4)
     assert mmlu["source"].str.startswith("mmlu/").all() and mmlu["source"].nunique() == 57
-    contaminated = {json.loads(line)["eval_prompt"] for line in open(SHARED / "routellm_evals/gsm8k/contaminated_prompts.jsonl")}
+    contaminated = {json.loads(line)["eval_prompt"] for line in open(shared_data / "routellm_evals/gsm8k/contaminated_prompts.jsonl")}
     assert not set(gsm8k["prompt"]) & contaminated
     assert len(D.load_routellm_outcomes("gsm8k", drop_contaminated=False)) == 1_319
 
 
-@needs_shared_data
-def test_llmrouter_outcomes_have_nine_models_and_tasks():
+def test_llmrouter_outcomes_have_nine_models_and_tasks(shared_data):
     llm = D.load_llmrouter_outcomes()
     models = outcome_models(llm)
     assert len(llm) == 5_608 and len(models) == 9
@@ -120,12 +135,11 @@ def test_llmrouter_outcomes_have_nine_models_and_tasks():
     assert "cluster_id" not in models
 
 
-@needs_shared_data
-def test_shared_data_folders_and_names_resolve_to_battles():
-    gsm8k = load_training_data(SHARED / "routellm_evals" / "gsm8k")
+def test_shared_data_folders_and_names_resolve_to_battles(shared_data):
+    gsm8k = load_training_data(shared_data / "routellm_evals" / "gsm8k")
     assert len(gsm8k) == 1_307 and set(gsm8k["source"]) == {"gsm8k"}
     assert len(load_training_data("gsm8k")) == 1_307
-    evals = load_training_data(SHARED / "routellm_evals")
+    evals = load_training_data(shared_data / "routellm_evals")
     assert len(evals) == 14_037 + 1_307
     assert len(load_training_data("llmrouter")) == 5_608 * 36
 

@@ -35,6 +35,7 @@ __all__ = [
     "ROUTELLM_WEAK",
     "Winner",
     "default_data_root",
+    "shared_data_missing",
     "load_battles",
     "load_llmrouter_outcomes",
     "load_outcomes",
@@ -57,16 +58,31 @@ ROUTELLM_STRONG = "gpt-4-1106-preview"
 ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 ROUTELLM_BENCHMARKS = ("mmlu", "gsm8k")
 DATA_ROOT_ENV = "ROUTELLM_BATCH_DATA"
-_DEFAULT_DATA_ROOT = "/work/shared/data"
+# The repository root (routellm_batch/routers/data.py -> three levels up).
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 class DataError(ValueError):
     """A training table that cannot be used; the message names the file, row or column."""
 
 
-def default_data_root() -> Path:
-    """The shared reference data: $ROUTELLM_BATCH_DATA, else /work/shared/data."""
-    return Path(os.environ.get(DATA_ROOT_ENV, _DEFAULT_DATA_ROOT))
+def default_data_root(data_root: str | Path | None = None) -> Path:
+    """The shared reference data: `data_root` (a --data option), else $ROUTELLM_BATCH_DATA, else
+    shared/data beside the checkout (CI clones the repository next to a shared/ folder)."""
+    if data_root is not None and str(data_root) != "":
+        return Path(data_root)
+    if os.environ.get(DATA_ROOT_ENV):
+        return Path(os.environ[DATA_ROOT_ENV])
+    return _CHECKOUT.parent / "shared" / "data"
+
+
+def shared_data_missing(root: str | Path | None = None) -> str | None:
+    """None when the shared reference data is at `root` (default: default_data_root()), else why not."""
+    base = default_data_root(root)
+    missing = [name for name in ("routellm_evals", "llmrouter") if not (base / name).is_dir()]
+    if not missing:
+        return None
+    return f"shared reference data not found: {', '.join(str(base / m) for m in missing)} (set ${DATA_ROOT_ENV} or pass --data)"
 
 
 # --------------------------------------------------------------------------- reading tables
@@ -213,7 +229,7 @@ def load_routellm_outcomes(
     contaminated_prompts.jsonl are dropped, as RouteLLM does before scoring.
     Columns: prompt, source ("mmlu/<subject>" or "gsm8k"), the two model columns.
     """
-    base = Path(root) if root is not None else default_data_root()
+    base = default_data_root(root)
     if (base / "routellm_evals").is_dir():
         base = base / "routellm_evals"
     if benchmark == "mmlu":
@@ -248,7 +264,7 @@ def load_llmrouter_outcomes(root: str | Path | None = None) -> pd.DataFrame:
 
     Columns: prompt, source ("llmrouter/<task>"), cluster_id, one float column per model.
     """
-    base = Path(root) if root is not None else default_data_root()
+    base = default_data_root(root)
     if (base / "llmrouter").is_dir():
         base = base / "llmrouter"
     with open(base / "train.json") as f:

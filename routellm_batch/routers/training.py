@@ -1,7 +1,7 @@
 """Training routers: `train_router(kind, battles, out_dir, ...)`, the `routellm-batch train` command,
 and the reproducible build of the router shipped in the package.
 
-    routellm-batch train --router mf --data /work/shared/data/routellm_evals --out ckpt/
+    routellm-batch train --router mf --data ../shared/data/routellm_evals --out ckpt/
     routellm-batch train --router sw_ranking --data battles.parquet --out ckpt/ --strong-model A --weak-model B
     routellm-batch train --router bert --data outcomes.csv --out ckpt/ --base-model /models/bert-base
     python -m routellm_batch.routers.training build-default     # rebuilds routers/default/
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["build-default"]:
         parser = argparse.ArgumentParser(prog="python -m routellm_batch.routers.training build-default",
                                          description="Rebuild the router shipped in routellm_batch/routers/default.")
-        parser.add_argument("--data-root", default=None, help="shared data folder (default: $ROUTELLM_BATCH_DATA or /work/shared/data)")
+        parser.add_argument("--data-root", default=None, help="shared data folder (default: $ROUTELLM_BATCH_DATA, else shared/data beside the checkout)")
         parser.add_argument("--out", default=str(DEFAULT_DIR))
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
         args = parser.parse_args(argv[1:])
