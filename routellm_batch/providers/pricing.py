@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "estimate_tokens",
     "load_price_table",
     "price_table_for",
+    "stored_usd",
     "to_cents",
 ]
 
@@ -42,6 +43,9 @@ MESSAGE_OVERHEAD_TOKENS = 4
 
 _MILLION = Decimal(1_000_000)
 _CENT = Decimal("0.01")
+# The scale of every money column (decimal(38,12) in schemas/tables.yaml): prices given to the cent per
+# million tokens, times a batch discount and a cache multiplier (0.1, 1.25, 2), are exact at 1e-12 USD.
+_STORED_QUANTUM = Decimal("1e-12")
 
 
 class PriceTableError(ValueError):
@@ -177,6 +181,13 @@ def batch_discount(settings: Any) -> Decimal:
 def to_cents(amount: Decimal) -> Decimal:
     """Round an amount to the cent, half up (for display and budgets; keep sums unrounded)."""
     return amount.quantize(_CENT, rounding=ROUND_HALF_UP)
+
+
+def stored_usd(amount: Decimal) -> Decimal:
+    """An amount at the money columns' scale (12 decimals): exact for every product of the shipped
+    prices; anything finer (exotic prices x discounts) is rounded half-even at 1e-12 USD, not refused,
+    so that a report never fails after the money is spent."""
+    return amount.quantize(_STORED_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 def estimate_tokens(text: str | None) -> int:

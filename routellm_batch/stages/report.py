@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.stages import add_run_arguments
 from routellm_batch.ledger import atomic_output, filesystem_for
-from routellm_batch.providers.pricing import batch_discount, price_table_for
+from routellm_batch.providers.pricing import batch_discount, price_table_for, stored_usd
 from routellm_batch.schemas import arrow_schema
 
 __all__ = ["OutcomeInvariantError", "ReportSummary", "add_arguments", "execute", "run"]
@@ -100,13 +100,13 @@ def cost_rows(config: RunConfig, run_date: date, responses: pa.Table) -> list[di
     rows = []
     for g in sorted(grouped.to_pylist(), key=lambda g: (g["queue"], g["model"])):
         tokens_in, tokens_out = int(g["input_tokens_sum"] or 0), int(g["output_tokens_sum"] or 0)
-        cost = prices.cost(g["model"], tokens_in, tokens_out, discount=discount)
-        online = strong.cost(tokens_in, tokens_out)
+        cost = stored_usd(prices.cost(g["model"], tokens_in, tokens_out, discount=discount))
+        online = stored_usd(strong.cost(tokens_in, tokens_out))
         rows.append(
             {
                 "model": g["model"], "provider": g["provider"], "queue": g["queue"], "requests": g["prompt_id_count"],
                 "input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": cost,
-                "baseline_all_strong_usd": strong.cost(tokens_in, tokens_out, discount),
+                "baseline_all_strong_usd": stored_usd(strong.cost(tokens_in, tokens_out, discount)),
                 "baseline_online_usd": online, "savings_usd": online - cost,
             }
         )
