@@ -7,11 +7,17 @@ modules are imported only when their command runs, so `--help` stays fast and li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
 
 from routellm_batch.config import ConfigError
+
+# Commands that write a run date's tables or spend money: each holds the run's lease (one process per run date).
+LEASED = frozenset({"validate", "score", "split", "submit", "wait", "collect", "report", "run", "nightly"})
+EXIT_USER_ERROR = 2
+EXIT_LEASE_HELD = 75  # EX_TEMPFAIL: another process is on this run date; try again later
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("routellm_batch.stages.validate", "Stage 1: validate the input table, quarantine bad rows."),
@@ -21,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "wait": ("routellm_batch.stages.wait", "Stage 5: poll until every batch of the run is terminal."),
     "collect": ("routellm_batch.stages.collect", "Stage 6: download results -> responses table; resubmit retryables."),
     "report": ("routellm_batch.stages.report", "Stage 7: cost account per model from reported usage; invariant checks."),
-    "nightly": ("routellm_batch.stages.nightly", "Run every stage of one run date, in order."),
+    "run": ("routellm_batch.stages.nightly", "Run every stage of one run date, in order; resumes a run that died."),
+    "nightly": ("routellm_batch.stages.nightly", "Alias of `run`."),
     "calibrate": ("routellm_batch.stages.calibrate", "Print the threshold that gives a strong fraction on a sample."),
     "train": ("routellm_batch.routers.training", "Train a router from battles or per-model outcomes."),
     "evaluate": ("routellm_batch.evaluation", "Out-of-sample routing quality: APGR, CPT, baselines, plot."),
@@ -45,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     known, rest = top.parse_known_args(argv)
     module_name, help_text = COMMANDS[known.command]
     module = importlib.import_module(module_name)
+    from routellm_batch.lease import LeaseHeld
     parser = argparse.ArgumentParser(prog=f"routellm-batch {known.command}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
@@ -56,10 +64,24 @@ def main(argv: list[str] | None = None) -> int:
         for noisy in ("great_expectations", "py4j", "httpx", "httpx2", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(module.run(args) or 0)
+        with _lease(known.command, args):
+            return int(module.run(args) or 0)
     except ConfigError as exc:
         print(f"routellm-batch {known.command}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except LeaseHeld as exc:
+        print(f"routellm-batch {known.command}: {exc}", file=sys.stderr)
+        return EXIT_LEASE_HELD
+
+
+def _lease(command: str, args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """The run date's lease for commands that write its tables or spend money (see routellm_batch.lease)."""
+    if command not in LEASED:
+        return contextlib.nullcontext()
+    from routellm_batch.config import load_config
+    from routellm_batch.lease import run_lease
+
+    return run_lease(load_config(args.config), args.run_date, stage=command)
 
 
 if __name__ == "__main__":
