@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)  ## create .venv and install the project
 
-demo: $(STAMP)  ## run the nightly job on the embedded defaults (local Spark, sandbox provider, shipped router)
-	$(BIN)/routellm-batch nightly --run-date $$(date +%F)
+demo: $(STAMP)  ## run the nightly job (`routellm-batch run`) on the embedded defaults (local Spark, sandbox provider, shipped router)
+	$(BIN)/routellm-batch run --run-date $$(date +%F)
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q

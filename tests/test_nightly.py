@@ -1,15 +1,16 @@
-"""The nightly job end to end on the embedded demo: every input row ends in exactly one place."""
+"""The run end to end on the embedded demo: every input row ends in exactly one place; a second run does nothing."""
 
 from __future__ import annotations
 
 import os
 from datetime import date
+from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
 
 from routellm_batch.config import load_config
-from routellm_batch.stages import nightly
+from routellm_batch.stages import run as run_stage
 
 RUN_DATE = date(2026, 11, 22)
 
@@ -26,6 +27,17 @@ def sandbox_account(config):
         return sorted(b.id for b in server.batches()), server.billed()
 
 
+def tables_on_disk(root: str) -> dict[str, tuple[int, int]]:
+    """Every table file (not the ledger's bookkeeping or the sandbox's state): path -> (size, mtime)."""
+    out = {}
+    for path in Path(root).rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not rel.startswith(("ledger/", "_sandbox/")):
+            st = path.stat()
+            out[rel] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 @pytest.fixture
 def demo_config(tmp_path):
     config = load_config()  # the embedded defaults `make demo` runs
@@ -39,11 +51,12 @@ def demo_config(tmp_path):
     )
 
 
-def test_demo_night_accounts_for_every_row_and_rerun_pays_nothing_twice(demo_config, spark, monkeypatch):
+def test_demo_run_accounts_for_every_row_and_a_second_run_does_no_work(demo_config, spark, monkeypatch):
     for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         monkeypatch.delenv(var, raising=False)
 
-    summaries = nightly.execute(demo_config, RUN_DATE)
+    result = run_stage.execute(demo_config, RUN_DATE)
+    assert result.complete and result.ran == list(run_stage.STAGE_NAMES) and result.skipped == []
 
     root = demo_config.output_root
     quarantine = table(root, "quarantine").to_pylist()
@@ -62,15 +75,22 @@ def test_demo_night_accounts_for_every_row_and_rerun_pays_nothing_twice(demo_con
     assert report["all"]["requests"] == 200
     assert report["all"]["cost_usd"] == report["gpt-4.1"]["cost_usd"] + report["claude-haiku-4-5"]["cost_usd"]
     assert report["all"]["cost_usd"] < report["all"]["baseline_online_usd"]
-    assert "cost report demo/2026-11-22" in summaries[-1]
+    assert "cost report demo/2026-11-22" in result.texts[-1]
     assert not [v for v in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY") if v in os.environ]  # sandbox keys cleaned up
 
     batches, billed = sandbox_account(demo_config)
     assert len(batches) == 2 and set(billed.values()) == {1} and len(billed) == 200  # one batch per queue
+    before = tables_on_disk(root)
 
-    nightly.execute(demo_config, RUN_DATE)  # the same night again: resumes, creates no batch, same answers
+    again = run_stage.execute(demo_config, RUN_DATE)  # the same night again: every stage complete and unchanged
 
+    assert again.complete and again.ran == [] and again.skipped == list(run_stage.STAGE_NAMES)
+    assert tables_on_disk(root) == before  # not one table file written
     assert sandbox_account(demo_config) == (batches, billed)
+    assert "cost report demo/2026-11-22" in again.texts[-1]
 
-    assert sorted(r["prompt_id"] for r in table(root, "responses").to_pylist()) == sorted(r["prompt_id"] for r in routed)
+    # --from-stage report: only the report is made again, from the same responses, to the same amounts.
+    redo = run_stage.execute(demo_config, RUN_DATE, from_stage="report")
+    assert redo.ran == ["report"] and redo.skipped == list(run_stage.STAGE_NAMES[:-1])
     assert {r["model"]: r["cost_usd"] for r in table(root, "cost_report").to_pylist()} == {m: r["cost_usd"] for m, r in report.items()}
+    assert sandbox_account(demo_config) == (batches, billed)
