@@ -186,6 +186,13 @@ class BatchSettings(_Strict):
 
 class SparkSettings(_Strict):
     master: str | None = Field(
+    list_lag_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long a just-created batch may take to show in the provider's batch list. After a "
+        "create whose answer was lost, the list is read again for this long before the shard counts as not "
+        "created: a lagging list must never lead to a second create (for Anthropic, the way to pay twice).",
+    )
         None, description="Spark master; None = what spark-submit gives, else local[*]."
     )
     app_name: str | None = Field(None, description="Spark application name; default: the job name.")

@@ -4,7 +4,9 @@ Layout (on any pyarrow.fs filesystem: local paths, file://, s3://, s3a://, gs://
 
     <output_root>/ledger/run_date=<D>/
         <shard_id>.json                 the shard's record (state, batch id, times, history)
-        plans/<queue>-a<attempt>.json   written once every shard of that plan has its record
+        plans/<lane>-a<attempt>.json    written once every shard of that plan has its record; lane =
+                                        <queue> for plan version 1, <queue>_v<N> for the rows a
+                                        re-split added (version N), see `Ledger.lane`
         shards/<shard_id>.jsonl         the shard input exactly as sent (one request per line)
         shards/<shard_id>.map.parquet   custom_id -> prompt_id (+ est tokens), in input order
         results/<shard_id>/<source>.jsonl  raw provider result files (output, errors / results), kept
@@ -137,6 +139,8 @@ class ShardRecord:
     error_type: str | None = None
     error: str | None = None
     history: tuple[Transition, ...] = ()
+    plan_version: int = 1
+    """The plan version that made this shard: a re-split adds a version for its new rows only."""
 
     def to_json(self) -> str:
         def enc(v: Any) -> Any:
@@ -364,13 +368,28 @@ class Ledger:
         return self.put(replace(record, updated_at=utcnow(), **changes))
 
     # -- plans -----------------------------------------------------------------------------------
-    def write_plan(self, queue: str, attempt: int, shard_ids: list[str], rejected: int) -> None:
-        body = {"queue": queue, "attempt": attempt, "shards": shard_ids, "rejected": rejected, "at": utcnow().isoformat()}
-        self.write_bytes(self.plan_rel(queue, attempt), json.dumps(body, indent=1).encode())
+    @staticmethod
+    def lane(queue: str, version: int) -> str:
+        """The name a queue's plan version goes by in plan, shard and rejected-file names."""
+        return queue if version == 1 else f"{queue}_v{version}"
 
-    def read_plan(self, queue: str, attempt: int) -> dict[str, Any] | None:
-        data = self.read_bytes(self.plan_rel(queue, attempt))
+    def write_plan(self, lane: str, attempt: int, shard_ids: list[str], rejected: int, **extra: Any) -> None:
+        body = {"queue": lane, "attempt": attempt, "shards": shard_ids, "rejected": rejected, "at": utcnow().isoformat(), **extra}
+        self.write_bytes(self.plan_rel(lane, attempt), json.dumps(body, indent=1).encode())
+
+    def read_plan(self, lane: str, attempt: int) -> dict[str, Any] | None:
+        data = self.read_bytes(self.plan_rel(lane, attempt))
         return json.loads(data) if data is not None else None
+
+    def plan_versions(self, queue: str) -> list[int]:
+        """The queue's plan versions whose first-attempt plan is complete, oldest first."""
+        versions = []
+        for name in self.list_files("plans"):
+            if name == f"{queue}-a1.json":
+                versions.append(1)
+            elif name.startswith(f"{queue}_v") and name.endswith("-a1.json") and name[len(queue) + 2 : -8].isdigit():
+                versions.append(int(name[len(queue) + 2 : -8]))
+        return sorted(versions)
 
     # -- as a table ------------------------------------------------------------------------------
     def to_arrow(self) -> pa.Table:

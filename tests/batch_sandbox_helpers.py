@@ -45,7 +45,8 @@ def config_dict(srv: Any, root: Path | str, **batch: Any) -> dict[str, Any]:
             "api_key_env": KEY_ENV,
             "max_tokens": 64,
         },
-        "batch": {"poll_interval_seconds": 0.05, "create_timeout_seconds": 1.0, **batch},
+        # list_lag_seconds: the sandbox lists a batch at once unless its list_lag fault says otherwise.
+        "batch": {"poll_interval_seconds": 0.05, "create_timeout_seconds": 1.0, "list_lag_seconds": 0.3, **batch},
     }
 
 

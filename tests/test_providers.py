@@ -4,6 +4,7 @@ retries and the SDK boundary (real SDKs against the sandbox on 127.0.0.1)."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from routellm_batch.providers.errors import (
     CredentialsError,
     ErrorType,
     ProviderError,
+    QuotaExhaustedError,
+    StopRunError,
     TerminalProviderError,
     TransientProviderError,
     from_sdk_exception,
@@ -89,9 +92,9 @@ def test_registry_builds_each_provider_without_a_client() -> None:
 
 
 def test_limits_are_declared_and_config_can_only_lower_them() -> None:
-    assert OpenAIBatchProvider.limits == BatchLimits(50_000, 200 * 1024 * 1024)
-    assert AnthropicBatchProvider.limits == BatchLimits(100_000, 256 * 1024 * 1024)
-    assert OpenAIBatchProvider.limits.capped(BatchSettings(max_requests=10, max_bytes=10**12)) == BatchLimits(10, 200 * 1024 * 1024)
+    assert OpenAIBatchProvider.limits == BatchLimits(50_000, 200_000_000)
+    assert AnthropicBatchProvider.limits == BatchLimits(100_000, 256_000_000)
+    assert OpenAIBatchProvider.limits.capped(BatchSettings(max_requests=10, max_bytes=10**12)) == BatchLimits(10, 200_000_000)
     lim = ShardLimits.for_provider(AnthropicBatchProvider.limits, BatchSettings(max_bytes=1000, enqueued_token_budget=99))
     assert (lim.max_requests, lim.max_bytes, lim.max_tokens) == (100_000, 1000, 99)
 
@@ -390,3 +393,119 @@ def test_list_batches_follows_every_page_and_stops_at_older_batches(provider: st
             assert {b.metadata["shard_id"] for b in p.list_batches(datetime(2000, 1, 1, tzinfo=timezone.utc))} == {f"s{i}" for i in range(5)}
         future = datetime.now(timezone.utc) + timedelta(hours=1)
         assert list(p.list_batches(future)) == []
+
+
+# -- every HTTP status and error word the SDKs can raise lands on one of ours ---------------------------
+
+_STATUSES = (400, 401, 402, 403, 404, 405, 408, 409, 413, 422, 429, 500, 502, 503, 504, 529)
+
+
+def _sdk_status_error(provider: str, status: int, body: dict, headers: dict | None = None) -> Exception:
+    """The exception the real SDK raises for this answer (built by the SDK's own factory)."""
+    import anthropic
+    import httpx2
+    import openai
+
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/batches")
+    response = httpx2.Response(status, request=request, headers=headers or {}, json=body)
+    client = openai.OpenAI(api_key=FAKE_KEY) if provider == "openai" else anthropic.Anthropic(api_key=FAKE_KEY)
+    return client._make_status_error(f"Error code: {status} - {body}", body=body, response=response)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("status", _STATUSES)
+def test_every_sdk_status_error_maps_to_one_of_our_classes(provider: str, status: int) -> None:
+    body = {"error": {"message": f"something went wrong for {FAKE_KEY}", "type": "x"}}
+    err = from_sdk_exception(_sdk_status_error(provider, status, body), provider=provider, operation="op", secrets=[FAKE_KEY])
+    assert err.error_type is not ErrorType.UNKNOWN and err.status_code == status
+    assert FAKE_KEY not in str(err) and "[redacted]" in str(err)
+    if status in (401, 402, 403):
+        assert isinstance(err, StopRunError)  # credentials / billing: the run stops at once
+    elif status == 409:  # a conflict with the resource's state: the same call fails alike
+        assert isinstance(err, TerminalProviderError) and err.error_type is ErrorType.CONFLICT
+    elif err.error_type.retryable:
+        assert isinstance(err, TransientProviderError) and status in (408, 429, 500, 502, 503, 504, 529)
+    else:
+        assert isinstance(err, TerminalProviderError) and not isinstance(err, (TransientProviderError, StopRunError))
+
+
+def test_every_error_word_the_sandbox_sends_is_known_to_its_provider() -> None:
+    from routellm_batch.sandbox.server import _ERROR_TYPES
+
+    for openai_word, anthropic_word in _ERROR_TYPES.values():
+        assert openai_word in OPENAI_ERROR_CODES, openai_word
+        assert anthropic_word in ANTHROPIC_ERROR_TYPES, anthropic_word
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "error"),
+    [
+        ("openai", 429, {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}),
+        ("anthropic", 429, {"type": "rate_limit_error", "message": "monthly spend cap", "details": {"error_code": "enforced_spend_limit_reached"}}),
+        ("anthropic", 400, {"type": "invalid_request_error", "message": "You have reached your specified API usage limits. You will regain access on 2026-04-01."}),
+        ("anthropic", 402, {"type": "billing_error", "message": "Your credit balance is too low"}),
+    ],
+)
+def test_quota_and_spend_limit_answers_stop_the_run_instead_of_being_retried(provider: str, status: int, error: dict) -> None:
+    body = {"error": error} if provider == "openai" else {"type": "error", "error": error}
+    err = from_sdk_exception(_sdk_status_error(provider, status, body), provider=provider, operation="batches.create")
+    assert isinstance(err, QuotaExhaustedError) and err.error_type is ErrorType.BILLING
+    assert "quota or spend limit is used up" in str(err) and "retrying cannot help" in str(err)
+    if status == 402:
+        return
+    # An ordinary 429 / 400 is still what it was.
+    plain = {"type": "rate_limit_error", "message": "slow down"} if status == 429 else {"type": "invalid_request_error", "message": "bad"}
+    body = {"error": plain} if provider == "openai" else {"type": "error", "error": plain}
+    assert not isinstance(from_sdk_exception(_sdk_status_error(provider, status, body), provider=provider, operation="x"), StopRunError)
+
+
+@pytest.mark.parametrize(
+    ("provider", "shape"), [("openai", "spend_cap"), ("anthropic", "spend_cap"), ("anthropic", "spend_limit"), ("anthropic", "credit")]
+)
+def test_a_used_up_quota_from_the_sandbox_stops_at_the_first_answer(provider: str, shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    faults = Faults(quota_exceeded_on=(f"{provider}.batches.list",), anthropic_quota_shape=shape)
+    with SandboxServer(faults=faults, tick_seconds=0) as srv:
+        url = srv.openai_base_url if provider == "openai" else srv.anthropic_base_url
+        p = build_provider(spec(provider, url), retry=FAST)
+        with pytest.raises(QuotaExhaustedError) as exc:
+            list(p.list_batches(datetime(2000, 1, 1, tzinfo=timezone.utc)))
+        assert srv.stats()["calls"][f"{provider}.batches.list"] == 1  # not retried
+        assert FAKE_KEY not in str(exc.value)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_overloaded_answers_are_retried_after_the_providers_retry_after(
+    provider: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    faults = Faults(overloaded_on=(f"{provider}.batches.list#1-2",), retry_after_seconds=0.03)
+    with SandboxServer(faults=faults, tick_seconds=0) as srv:
+        url = srv.openai_base_url if provider == "openai" else srv.anthropic_base_url
+        p = build_provider(spec(provider, url), retry=RetryPolicy(attempts=1))
+        with pytest.raises(TransientProviderError) as exc:
+            list(p.list_batches(datetime(2000, 1, 1, tzinfo=timezone.utc)))
+        assert exc.value.error_type is ErrorType.OVERLOADED and exc.value.retry_after == 0.03
+        assert exc.value.status_code == (529 if provider == "anthropic" else 503)
+        p.retry = RetryPolicy(attempts=3, initial_wait=5.0, max_wait=10.0)  # a backoff this long would show
+        with caplog.at_level(logging.WARNING, logger="routellm_batch.providers.retry"):
+            assert list(p.list_batches(datetime(2000, 1, 1, tzinfo=timezone.utc))) == []
+        waits = [r.getMessage().rsplit("retrying in ", 1)[1] for r in caplog.records if "retrying in" in r.getMessage()]
+        assert waits == ["0.03s"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_cancelling_a_batch_that_already_ended_reads_it_again(provider: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """OpenAI answers 409 to a cancel of a completed batch: we read the batch and carry on."""
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    with SandboxServer(tick_seconds=0) as srv:
+        url = srv.openai_base_url if provider == "openai" else srv.anthropic_base_url
+        p = build_provider(spec(provider, url), retry=FAST)
+        line = p.serialize_request(BatchRequest("c1", p.render_body({"prompt": "hi"})))
+        (tmp_path / "in.jsonl").write_bytes(line)
+        payload = ShardPayload("s0", "r", 1, 1, len(line), lambda: open(tmp_path / "in.jsonl", "rb"))
+        created = p.create(payload, input_file_id=p.upload_input(payload), metadata={})
+        assert p.retrieve(created.batch_id).state.terminal
+        info = p.cancel(created.batch_id)
+        assert info.batch_id == created.batch_id and info.state.value == "completed"
+        assert srv.stats()["calls"][f"{provider}.batches.cancel"] == 1  # a 409 is not retried

@@ -56,12 +56,14 @@ def jsonl(lines: list[dict]) -> bytes:
 
 def oai(srv: SandboxServer, **kw: object) -> openai.OpenAI:
     kw.setdefault("max_retries", 0)
-    return openai.OpenAI(base_url=srv.openai_base_url, api_key=KEY, **kw)  # type: ignore[arg-type]
+    kw.setdefault("api_key", KEY)
+    return openai.OpenAI(base_url=srv.openai_base_url, **kw)  # type: ignore[arg-type]
 
 
 def ant(srv: SandboxServer, **kw: object) -> anthropic.Anthropic:
     kw.setdefault("max_retries", 0)
-    return anthropic.Anthropic(base_url=srv.anthropic_base_url, api_key=KEY, **kw)  # type: ignore[arg-type]
+    kw.setdefault("api_key", KEY)
+    return anthropic.Anthropic(base_url=srv.anthropic_base_url, **kw)  # type: ignore[arg-type]
 
 
 def submit_openai(client: openai.OpenAI, lines: list[dict], metadata: dict | None = None):
@@ -339,8 +341,10 @@ def test_cancel_ends_batches_one_tick_later_without_billing_unrun_requests(clock
         billed = srv.billed()
         assert sum(billed.values()) == 4 and not any(cid.startswith("v") for _, cid in billed)
         done = _completed_batch(oc, clock)
-        with pytest.raises(openai.BadRequestError, match="completed"):
+        # The real API answers 409 (ConflictError) to a cancel of a finished batch, not 400.
+        with pytest.raises(openai.ConflictError, match="completed") as info:
             oc.batches.cancel(done.id)
+        assert info.value.status_code == 409
 
 
 def _completed_batch(client: openai.OpenAI, clock: FakeClock):
@@ -561,7 +565,34 @@ def test_the_api_key_is_never_logged_or_kept(caplog: pytest.LogCaptureFixture) -
         submit_openai(client, [chat_line("a", "x")])
         ant(srv).messages.batches.create(requests=[anthropic_request("a", "x")])
         kept = repr((srv.batches(), srv.stats(), srv.billing(), vars(srv._store)))
-    assert KEY not in caplog.text and KEY not in kept and KEY not in str(info.value)
+    assert KEY not in caplog.text and KEY not in kept
+    # ...but it is quoted back to the caller, as real providers can: the SDK's own error holds it.
+    assert KEY in str(info.value)
+
+
+def test_error_answers_and_per_request_errors_quote_the_callers_key_as_real_providers_do() -> None:
+    faults = Faults(rejected_api_keys=("sk-wrong-0000",), request_errors={"bad": "invalid_request"})
+    with SandboxServer(faults=faults, tick_seconds=0) as srv:
+        with pytest.raises(openai.AuthenticationError, match="Incorrect API key provided: sk-wrong-0000"):
+            oai(srv, api_key="sk-wrong-0000").batches.list()
+        with pytest.raises(anthropic.AuthenticationError):
+            ant(srv, api_key="sk-wrong-0000").messages.batches.list()
+        client = oai(srv)
+        batch = submit_openai(client, [chat_line("bad", "x"), chat_line("good", "y")])
+        (line,) = read_lines(client, client.batches.retrieve(batch.id).error_file_id)
+        assert KEY in line["response"]["body"]["error"]["message"]
+        a = ant(srv).messages.batches.create(requests=[anthropic_request("bad", "x")])
+        (result,) = ant(srv).messages.batches.results(a.id)
+        assert KEY in result.result.error.error.message
+        # Another caller downloading the same file sees its own key, never this one's.
+        other = oai(srv, api_key="sk-other-caller-1111")
+        (line,) = read_lines(other, client.batches.retrieve(batch.id).error_file_id)
+        assert "sk-other-caller-1111" in line["response"]["body"]["error"]["message"] and KEY not in json.dumps(line)
+        assert KEY not in repr(vars(srv._store))
+    with SandboxServer(faults=Faults(echo_api_key=False, request_errors={"bad": "invalid_request"}), tick_seconds=0) as srv:
+        batch = submit_openai(oai(srv), [chat_line("bad", "x")])
+        (line,) = read_lines(oai(srv), oai(srv).batches.retrieve(batch.id).error_file_id)
+        assert KEY not in json.dumps(line) and "{{" not in json.dumps(line)
 
 
 # -- replay --------------------------------------------------------------------------------------

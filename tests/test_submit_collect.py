@@ -460,7 +460,12 @@ def test_async_poll_once_updates_the_ledger_like_the_sync_poll(tmp_path: Path) -
         cfg = make_config(srv, tmp_path, max_requests=5)
         write_routed(cfg, simple_rows(cfg, 6, 6))
         submit.execute(cfg, RUN_DATE, provider_options=FAST)
-        time.sleep(0.4)  # let every sandbox batch reach its end
+        # Wait on the condition (every sandbox batch has ended), not on a fixed time: a loaded
+        # machine can take longer than any sleep. The deadline only stops a hang.
+        deadline = time.monotonic() + 60
+        while {b.status for b in srv.batches()} - {"completed", "ended"}:
+            assert time.monotonic() < deadline, [b.status for b in srv.batches()]
+            time.sleep(0.02)
         report = asyncio.run(wait.apoll_once(cfg, RUN_DATE))
         assert report.done and set(report.states.values()) == {"completed"}
         assert all(r.provider_status in ("completed", "ended") for r in Ledger.for_run(cfg, RUN_DATE).records())

@@ -26,7 +26,8 @@ from routellm_batch.providers.base import (
     ResultStatus,
     ShardPayload,
 )
-from routellm_batch.providers.errors import ErrorType, from_sdk_exception
+from routellm_batch.providers.errors import ErrorType
+from routellm_batch.providers.usage import anthropic_usage
 
 __all__ = ["AnthropicBatchProvider", "ANTHROPIC_PROCESSING_STATUSES", "ANTHROPIC_ERROR_TYPES", "ANTHROPIC_RESULT_TYPES"]
 
@@ -66,7 +67,8 @@ _RESULT_TYPE = re.compile(rb'"type"\s*:\s*"(succeeded|errored|canceled|expired)"
 
 class AnthropicBatchProvider(BatchProvider):
     name = "anthropic"
-    limits = BatchLimits(max_requests=100_000, max_bytes=256 * 1024 * 1024)
+    # 256 MB read the strict way (10^6 bytes): never over the cap whichever MB the provider means.
+    limits = BatchLimits(max_requests=100_000, max_bytes=256_000_000)
     tags_batches = False
 
     def _build_client(self, api_key: str, *, asynchronous: bool) -> Any:
@@ -175,7 +177,7 @@ class AnthropicBatchProvider(BatchProvider):
                 return
             after_id = page.last_id or data[-1].id
 
-    def cancel(self, batch_id: str) -> BatchInfo:
+    def _cancel(self, batch_id: str) -> BatchInfo:
         return self._info(
             self._retrying("messages.batches.cancel", lambda: self.client().messages.batches.cancel(batch_id))
         )
@@ -198,12 +200,6 @@ class AnthropicBatchProvider(BatchProvider):
             yield self._guarded(op, response.iter_bytes(1 << 16))
         finally:
             manager.__exit__(None, None, None)
-
-    def _guarded(self, op: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        try:
-            yield from chunks
-        except Exception as exc:  # noqa: BLE001
-            raise from_sdk_exception(exc, provider=self.name, operation=op, secrets=[self._key]) from None
 
     # -- results ---------------------------------------------------------------------------------
     def line_may_be_billed(self, source: str, raw_line: bytes) -> bool:

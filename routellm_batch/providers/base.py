@@ -24,10 +24,13 @@ from datetime import datetime
 from typing import IO, Any, ClassVar, Literal, TypeVar
 
 from routellm_batch.config import BatchSettings, ModelSpec
+from routellm_batch.crashpoints import crash_point
 from routellm_batch.providers.errors import (
+    REDACTED,
     CredentialsError,
     ErrorType,
     ProviderError,
+    TerminalProviderError,
     from_sdk_exception,
     redact,
 )
@@ -265,6 +268,26 @@ class BatchProvider(ABC):
         return int(value) if value is not None else self.spec.max_tokens
 
     @abstractmethod
+    def _guarded(self, operation: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """A result download's chunks, with the API key removed (providers may quote it in error
+        lines, and raw result files are kept in the ledger); a connection broken mid-stream
+        becomes our (transient) error."""
+        key = self._key.encode() if self._key and len(self._key) >= 4 else b""
+        held = b""  # the tail of the last chunk: the start of a key split across two chunks
+        try:
+            for chunk in chunks:
+                if key:
+                    text = (held + chunk).replace(key, REDACTED.encode())
+                    cut = max(0, len(text) - len(key) + 1)
+                    chunk, held = text[:cut], text[cut:]
+                if chunk:
+                    yield chunk
+                    crash_point("results.download")  # the consumer has handled part of the results
+            if held:
+                yield held
+        except Exception as exc:  # noqa: BLE001 - a broken download is a transient call failure
+            raise from_sdk_exception(exc, provider=self.name, operation=operation, secrets=[self._key]) from None
+
     def render_body(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The request body for one routed row (prompt or messages, system, max_tokens, template).
         Raises ValueError naming the field when the row cannot become a request."""
@@ -307,6 +330,19 @@ class BatchProvider(ABC):
 
     @abstractmethod
     def open_result_stream(self, info: BatchInfo, source: str) -> AbstractContextManager[Iterator[bytes]]:
+    def cancel(self, batch_id: str) -> BatchInfo:
+        """Cancel a batch; one that has already finished is read again instead.
+
+        OpenAI answers 409 (ConflictError) to a cancel of a completed, failed or expired batch: the
+        batch simply ended before the cancel came, which is what the caller needs to know."""
+        try:
+            return self._cancel(batch_id)
+        except TerminalProviderError as exc:
+            if exc.error_type is not ErrorType.CONFLICT:
+                raise
+            log.info("%s: batch %s had already ended when it was cancelled (%s); reading it again", self.name, batch_id, exc)
+            return self.retrieve(batch_id)
+
         """Stream one result source as byte chunks, never the whole file in memory."""
 
     @abstractmethod

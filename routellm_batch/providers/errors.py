@@ -25,6 +25,8 @@ __all__ = [
     "CredentialsError",
     "ErrorType",
     "ProviderError",
+    "QuotaExhaustedError",
+    "StopRunError",
     "TerminalProviderError",
     "TransientProviderError",
     "classify_http_status",
@@ -151,11 +153,26 @@ class TransientProviderError(ProviderError):
 
 
 class TerminalProviderError(ProviderError):
-    """The provider refused the call for a reason a retry will not change (400, 404, 422...)."""
+    """The provider refused the call for a reason a retry will not change (400, 404, 409, 422...)."""
 
 
-class CredentialsError(TerminalProviderError):
-    """The API key is missing, wrong or lacks permission: a systemic failure that stops the run."""
+class StopRunError(TerminalProviderError):
+    """A systemic failure no retry can fix (every later call would fail alike): the run stops at once."""
+
+
+class CredentialsError(StopRunError):
+    """The API key is missing, wrong or lacks permission."""
+
+
+class QuotaExhaustedError(StopRunError):
+    """The account's quota, credit or spend limit is used up (OpenAI 429 `insufficient_quota`,
+    Anthropic 402 `billing_error`, 429 `enforced_spend_limit_reached`, 400 "You have reached your
+    specified ... API usage limits"): retrying only fails again until someone raises the limit."""
+
+
+# How the providers say "quota / spend limit used up" (docs/provider-batch-apis.md).
+_QUOTA_WORDS = frozenset({"insufficient_quota", "billing_error", "enforced_spend_limit_reached"})
+_SPEND_LIMIT_PREFIX = "You have reached your specified"
 
 
 def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
@@ -182,6 +199,24 @@ def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = Non
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _error_object(body: Any) -> Mapping[str, Any]:
+    """The `error` object of an SDK error body (OpenAI's SDK keeps only it, Anthropic's the whole body)."""
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping):
+            return err
+    return {}
+
+
+def _is_quota_exhausted(status: int, body: Any) -> bool:
+    err = _error_object(body)
+    details = err.get("details")
+    words = {err.get("type"), err.get("code"), details.get("error_code") if isinstance(details, Mapping) else None}
+    if status == 402 or words & _QUOTA_WORDS:
+        return True
+    return status == 400 and str(err.get("message") or "").startswith(_SPEND_LIMIT_PREFIX)
 
 
 def _body_message(body: Any) -> str | None:
@@ -229,11 +264,19 @@ def from_sdk_exception(
         return ProviderError(f"{where}: {detail}", error_type=ErrorType.UNKNOWN, may_have_acted=True)
 
     etype = classify_http_status(int(status))
-    body_msg = _body_message(getattr(exc, "body", None)) or getattr(exc, "message", None) or ""
+    body = getattr(exc, "body", None)
+    body_msg = _body_message(body) or getattr(exc, "message", None) or ""
     detail = redact(str(body_msg), secrets)[:500]
     msg = f"{where}: HTTP {status}" + (f": {detail}" if detail else "")
-    if etype in (ErrorType.AUTHENTICATION, ErrorType.PERMISSION, ErrorType.BILLING):
+    if _is_quota_exhausted(int(status), body):
+        msg += "; the account's quota or spend limit is used up and retrying cannot help: raise the limit, then re-run"
+        return QuotaExhaustedError(msg, error_type=ErrorType.BILLING, status_code=int(status))
+    if etype in (ErrorType.AUTHENTICATION, ErrorType.PERMISSION):
         return CredentialsError(msg, error_type=etype, status_code=int(status))
+    if etype is ErrorType.CONFLICT:
+        # The call conflicts with the resource's state (cancel of a finished batch): the same call
+        # fails the same way; the caller reads the resource again instead.
+        return TerminalProviderError(msg, error_type=etype, status_code=int(status))
     if etype.retryable:
         # A 5xx may come after the server acted (the create landed, the answer did not).
         acted = int(status) >= 500

@@ -25,7 +25,8 @@ from routellm_batch.providers.base import (
     ResultStatus,
     ShardPayload,
 )
-from routellm_batch.providers.errors import ErrorType, classify_http_status, from_sdk_exception
+from routellm_batch.providers.errors import ErrorType, classify_http_status
+from routellm_batch.providers.usage import openai_usage
 
 __all__ = ["OpenAIBatchProvider", "OPENAI_STATUSES", "OPENAI_ERROR_CODES"]
 
@@ -56,6 +57,7 @@ OPENAI_ERROR_CODES: dict[str, ErrorType] = {
     "model_not_found": ErrorType.INVALID_REQUEST,
     "context_length_exceeded": ErrorType.INVALID_REQUEST,
     "rate_limit_exceeded": ErrorType.RATE_LIMITED,
+    "requests": ErrorType.RATE_LIMITED,  # the error.type of OpenAI's 429 answers
     "rate_limit_error": ErrorType.RATE_LIMITED,
     "server_error": ErrorType.SERVER_ERROR,
     "api_error": ErrorType.SERVER_ERROR,
@@ -77,7 +79,8 @@ def _error_type(code: Any, status: int | None = None) -> ErrorType:
 
 class OpenAIBatchProvider(BatchProvider):
     name = "openai"
-    limits = BatchLimits(max_requests=50_000, max_bytes=200 * 1024 * 1024)
+    # 200 MB read the strict way (10^6 bytes): never over the cap whichever MB the provider means.
+    limits = BatchLimits(max_requests=50_000, max_bytes=200_000_000)
     tags_batches = True
 
     def _build_client(self, api_key: str, *, asynchronous: bool) -> Any:
@@ -202,7 +205,7 @@ class OpenAIBatchProvider(BatchProvider):
                 return
             after = data[-1].id
 
-    def cancel(self, batch_id: str) -> BatchInfo:
+    def _cancel(self, batch_id: str) -> BatchInfo:
         return self._info(self._retrying("batches.cancel", lambda: self.client().batches.cancel(batch_id)))
 
     def result_sources(self, info: BatchInfo) -> list[str]:
@@ -228,12 +231,6 @@ class OpenAIBatchProvider(BatchProvider):
             yield self._guarded(op, response.iter_bytes(1 << 16))
         finally:
             manager.__exit__(None, None, None)
-
-    def _guarded(self, op: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        try:
-            yield from chunks
-        except Exception as exc:  # noqa: BLE001 - a broken download is a transient call failure
-            raise from_sdk_exception(exc, provider=self.name, operation=op, secrets=[self._key]) from None
 
     # -- results ---------------------------------------------------------------------------------
     def parse_result_line(self, line: bytes) -> RequestResult:

@@ -25,6 +25,7 @@ from routellm_batch.sandbox.store import (
     RequestPlan,
     SandboxStore,
     new_id,
+    quote_key,
 )
 
 __all__ = ["ENDPOINTS", "render", "status_of"]
@@ -134,6 +135,7 @@ def batches_create(store: SandboxStore, call: ApiCall) -> ApiResponse:
             model=models[0] if len(models) == 1 else (",".join(models) or None),
             malformed_line=malformed,
             lost_response=lose,
+            list_lag=store.list_lag_locked("anthropic"),
         )
         store.apply_request_faults_locked("anthropic", seq, plans)
         for name, on in (("expire", expire), ("lose_create", lose), ("malformed_line", malformed)):
@@ -196,7 +198,9 @@ def batches_list(store: SandboxStore, call: ApiCall) -> ApiResponse:
         raise ApiError(400, "invalid_request", "limit: Input should be between 1 and 1000")
     with store.lock:
         store.refresh_all_locked()
-        items = [b for b in reversed(store.batches.values()) if b.provider == "anthropic" and not b.deleted]
+        items = [
+            b for b in reversed(store.batches.values()) if b.provider == "anthropic" and not b.deleted and store.listed_locked(b)
+        ]
         ids = [b.id for b in items]
         for cursor in ("after_id", "before_id"):
             if cursor in q and q[cursor] not in ids:
@@ -247,7 +251,7 @@ def batches_results(store: SandboxStore, call: ApiCall) -> ApiResponse:
         b = _get_locked(store, call.params["id"])
         if b.results is None:
             raise ApiError(404, "not_found", f"Results for batch {b.id} are not available: it has not ended yet.")
-        return ApiResponse(b.results, content_type="application/binary")
+        return ApiResponse(quote_key(b.results, call.api_key), content_type="application/binary")
 
 
 # -- results --------------------------------------------------------------------------------

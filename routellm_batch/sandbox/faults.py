@@ -3,7 +3,7 @@
 Every fault can be chosen by a share (a deterministic draw from `seed`, so a run is
 reproducible) and/or by a rule that names exactly which call or batch it hits:
 
-- call rules (`rate_limit_on`, `server_error_on`) are `"<endpoint glob>#<n>"` or
+- call rules (`rate_limit_on`, `server_error_on`, `overloaded_on`, `quota_exceeded_on`) are `"<endpoint glob>#<n>"` or
   `"<endpoint glob>#<n>-<m>"`: the n-th (to m-th) API call whose endpoint name matches the
   glob, counted per rule. Endpoint names: `openai.files.create`, `openai.files.retrieve`,
   `openai.files.content`, `openai.files.list`, `openai.files.delete`, `openai.batches.create`,
@@ -12,7 +12,7 @@ reproducible) and/or by a rule that names exactly which call or batch it hits:
   `anthropic.batches.cancel`, `anthropic.batches.results`, `anthropic.batches.delete`.
   A glob with no `#n` matches every such call.
 - batch rules (`lose_create_on`, `token_limit_on`, `validation_failure_on`, `expire_on`,
-  `malformed_line_on`) are `"<provider glob>#<n>[-<m>]"`: the n-th batch created among
+  `malformed_line_on`, `list_lag_on`) are `"<provider glob>#<n>[-<m>]"`: the n-th batch created among
   those whose provider matches the glob, counted per rule (`openai#1`, `anthropic#2-3`;
   `*#2` is the second batch of either provider). Batches refused at create are not counted.
 - request errors are keyed by `custom_id` (`request_errors`) or drawn by share.
@@ -104,8 +104,26 @@ class Faults:
     """Call rules answered 500."""
     http_fault_endpoints: tuple[str, ...] = ("*",)
     """Endpoint globs the two shares above apply to (rules name their endpoints themselves)."""
+    overloaded_share: float = 0.0
+    """Share of calls (to endpoints matching `http_fault_endpoints`) answered "overloaded" + Retry-After:
+    Anthropic 529 overloaded_error, OpenAI 503 (server_error)."""
+    overloaded_on: tuple[str, ...] = ()
+    """Call rules answered "overloaded"."""
+    quota_exceeded_on: tuple[str, ...] = ()
+    """Call rules answered "quota used up", which no retry fixes: OpenAI 429 insufficient_quota;
+    Anthropic as `anthropic_quota_shape` says."""
+    anthropic_quota_shape: Literal["spend_cap", "spend_limit", "credit"] = "spend_cap"
+    """How Anthropic says it: `spend_cap` 429 rate_limit_error with error.details.error_code
+    enforced_spend_limit_reached (no retry-after); `spend_limit` 400 invalid_request_error "You
+    have reached your specified API usage limits..."; `credit` 402 billing_error."""
     retry_after_seconds: float = 0.05
-    """Value of Retry-After (and retry-after-ms) on 429 answers; small so SDK retries are fast."""
+    """Value of Retry-After (and retry-after-ms) on 429 / overloaded answers; small so retries are fast."""
+    echo_api_key: bool = True
+    """Error bodies and per-request error messages quote the caller's API key (OpenAI's 401 says
+    "Incorrect API key provided: sk-..."): any place that keeps a provider's error text unredacted
+    then shows the key. Sandbox-only worst case; the key is never stored, only put into answers."""
+    rejected_api_keys: tuple[str, ...] = ()
+    """Keys answered 401 (OpenAI: "Incorrect API key provided: <key>", as the real API words it)."""
 
     # -- the duplicate-batch hazard ------------------------------------------------------------
     lose_create_share: float = 0.0
@@ -114,6 +132,11 @@ class Faults:
     """Batch rules whose create response is lost, e.g. `("openai#1",)`."""
     lose_create_mode: Literal["disconnect", "server_error"] = "disconnect"
     """How the response is lost: the connection is closed unanswered, or a 500 is sent."""
+
+    list_lag_seconds: float = 0.0
+    """How long a lagging batch stays out of `list` after its creation (retrieve finds it at once)."""
+    list_lag_on: tuple[str, ...] = ()
+    """Batch rules that lag in `list`; empty = every batch (when list_lag_seconds > 0)."""
 
     # -- batch-level outcomes ------------------------------------------------------------------
     token_limit_share: float = 0.0
@@ -180,6 +203,13 @@ class Faults:
             raise ValueError("request_error_times: must be >= 0 (0 = always)")
         if self.retry_after_seconds < 0:
             raise ValueError("retry_after_seconds: must be >= 0")
+        if self.list_lag_seconds < 0:
+            raise ValueError("list_lag_seconds: must be >= 0")
+        if self.anthropic_quota_shape not in ("spend_cap", "spend_limit", "credit"):
+            raise ValueError("anthropic_quota_shape: allowed: 'spend_cap', 'spend_limit', 'credit'")
+        if isinstance(self.rejected_api_keys, str):
+            raise ValueError("rejected_api_keys: expected a list of strings")
+        object.__setattr__(self, "rejected_api_keys", tuple(str(k) for k in self.rejected_api_keys))
         if self.enqueued_token_limit is not None and self.enqueued_token_limit <= 0:
             raise ValueError("enqueued_token_limit: must be > 0 or null")
         if self.lose_create_mode not in ("disconnect", "server_error"):
@@ -221,6 +251,9 @@ class Faults:
 _RULE_FIELDS = (
     "rate_limit_on",
     "server_error_on",
+    "overloaded_on",
+    "quota_exceeded_on",
+    "list_lag_on",
     "lose_create_on",
     "token_limit_on",
     "validation_failure_on",

@@ -25,6 +25,7 @@ from routellm_batch.sandbox.store import (
     RequestPlan,
     SandboxStore,
     new_id,
+    quote_key,
 )
 
 __all__ = ["ENDPOINTS", "render", "status_of"]
@@ -114,7 +115,7 @@ def files_retrieve(store: SandboxStore, call: ApiCall) -> ApiResponse:
 def files_content(store: SandboxStore, call: ApiCall) -> ApiResponse:
     with store.lock:
         f = _get_file_locked(store, call.params["id"])
-        return ApiResponse(f.content, content_type="application/octet-stream")
+        return ApiResponse(quote_key(f.content, call.api_key), content_type="application/octet-stream")
 
 
 def files_delete(store: SandboxStore, call: ApiCall) -> ApiResponse:
@@ -324,6 +325,7 @@ def batches_create(store: SandboxStore, call: ApiCall) -> ApiResponse:
         expire = store.batch_fault_locked("expire", "openai", seq)
         lose = store.batch_fault_locked("lose_create", "openai", seq)
         malformed = store.batch_fault_locked("malformed_line", "openai", seq)
+        list_lag = store.list_lag_locked("openai")
         batch = BatchRecord(
             provider="openai",
             id=new_id("batch_", 32),
@@ -338,6 +340,7 @@ def batches_create(store: SandboxStore, call: ApiCall) -> ApiResponse:
             completion_window=body["completion_window"],
             malformed_line=malformed,
             lost_response=lose,
+            list_lag=list_lag,
         )
         limit = store.faults.enqueued_token_limit
         if errors:
@@ -456,7 +459,7 @@ def batches_retrieve(store: SandboxStore, call: ApiCall) -> ApiResponse:
 def batches_list(store: SandboxStore, call: ApiCall) -> ApiResponse:
     with store.lock:
         store.refresh_all_locked()
-        newest_first = [b for b in reversed(store.batches.values()) if b.provider == "openai"]
+        newest_first = [b for b in reversed(store.batches.values()) if b.provider == "openai" and store.listed_locked(b)]
         page, has_more = _page(newest_first, call.query.get("after"), call.query.get("limit"), 100, lambda b: b.id)
         return ApiResponse(_list_body([batch_object(store, b) for b in page], has_more))
 
@@ -466,7 +469,8 @@ def batches_cancel(store: SandboxStore, call: ApiCall) -> ApiResponse:
         b = store.get_batch_locked("openai", call.params["id"])
         status = status_of(store, b)
         if status in ("completed", "failed", "expired"):
-            raise ApiError(400, "invalid_request", f"Cannot cancel a batch with status '{status}'.")
+            # What the real API answers (openai.ConflictError), not a 400.
+            raise ApiError(409, "conflict", f"Cannot cancel a batch with status '{status}'.")
         # A batch already decided (results being rendered) ends as decided: the cancel came too late.
         if b.cancel_mono is None and b.terminal is None:
             now = store.now()

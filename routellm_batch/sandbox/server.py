@@ -17,7 +17,8 @@ Batches advance lazily, one state step per `tick_seconds` (0 = done at once): Op
 validating -> in_progress -> finalizing -> completed (3 ticks), Anthropic in_progress -> ended
 (2 ticks); a cancel ends one tick later. `clock` (a monotonic-seconds callable) can be
 injected to drive time by hand. Every call needs an API key header (`Authorization: Bearer`
-or `x-api-key`), any non-empty value: it is checked for presence, never stored or logged.
+or `x-api-key`), any non-empty value (but `Faults.rejected_api_keys`): it is never stored or
+logged, but quoted back in error answers as real providers can (`Faults.echo_api_key`).
 What goes wrong is set by `Faults` (see faults.py); answers come from a responder
 (`SyntheticResponder`, `ReplayResponder`, see responders.py).
 
@@ -83,10 +84,27 @@ _ERROR_TYPES = {
     "invalid_request": ("invalid_request_error", "invalid_request_error"),
     "authentication": ("invalid_request_error", "authentication_error"),
     "not_found": ("invalid_request_error", "not_found_error"),
+    "conflict": ("invalid_request_error", "conflict_error"),
     "request_too_large": ("invalid_request_error", "request_too_large"),
     "rate_limit": ("requests", "rate_limit_error"),
+    "quota": ("insufficient_quota", "rate_limit_error"),
+    "billing": ("insufficient_quota", "billing_error"),
     "api_error": ("server_error", "api_error"),
     "overloaded": ("server_error", "overloaded_error"),
+}
+
+# Anthropic's three ways of saying "quota used up" (Faults.anthropic_quota_shape).
+_ANTHROPIC_QUOTA = {
+    "spend_cap": ApiError(
+        429, "quota", "You have reached your usage tier's monthly spend limit. Usage resumes on the first of next month.",
+        details={"error_code": "enforced_spend_limit_reached"},
+    ),
+    "spend_limit": ApiError(
+        400, "invalid_request", "You have reached your specified API usage limits. You will regain access on the first of next month."
+    ),
+    "credit": ApiError(
+        402, "billing", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."
+    ),
 }
 
 
@@ -94,12 +112,12 @@ def _provider_of(path: str) -> str:
     return "anthropic" if path.startswith("/v1/messages") else "openai"
 
 
-def _has_key(headers: Any, provider: str) -> bool:
-    """Whether a credential header is present; the value is looked at, never kept."""
+def _api_key(headers: Any, provider: str) -> str:
+    """The credential header's value ("" when absent): only quoted back in answers, never kept."""
     bearer = headers.get("Authorization", "")
     if bearer.lower().startswith("bearer ") and bearer[7:].strip():
-        return True
-    return provider == "anthropic" and bool(headers.get("x-api-key", "").strip())
+        return bearer[7:].strip()
+    return headers.get("x-api-key", "").strip() if provider == "anthropic" else ""
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -164,9 +182,11 @@ class _App:
         provider = _provider_of(path)
         endpoint = "unknown"
         extra_headers: dict[str, str] = {}
+        api_key = _api_key(h.headers, provider)
+        faults = self.store.faults
         try:
             body = self._read_body(h)
-            if not _has_key(h.headers, provider):
+            if not api_key:
                 raise ApiError(
                     401,
                     "authentication",
@@ -175,15 +195,37 @@ class _App:
                     else "You didn't provide an API key. You need to provide your API key in an "
                     "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 )
+            if api_key in faults.rejected_api_keys:
+                raise ApiError(
+                    401,
+                    "authentication",
+                    "invalid x-api-key"
+                    if provider == "anthropic"
+                    else f"Incorrect API key provided: {api_key}. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    code="invalid_api_key",
+                )
             route = self._route(h.command, path)
             endpoint, func, params = route
             if provider == "anthropic" and not h.headers.get("anthropic-version"):
                 raise ApiError(400, "invalid_request", "anthropic-version: header is required")
             with self.store.lock:
                 fault = self.store.http_fault_locked(endpoint)
+            if fault == "quota_exceeded":
+                if provider == "anthropic":
+                    raise _ANTHROPIC_QUOTA[faults.anthropic_quota_shape]
+                raise ApiError(
+                    429, "quota", "sandbox fault: You exceeded your current quota, please check your plan and billing details.",
+                    code="insufficient_quota",
+                )  # fmt: skip
             if fault == "rate_limit":
                 extra_headers = self._retry_after()
                 raise ApiError(429, "rate_limit", "sandbox fault: rate limit reached, please retry later", code="rate_limit_exceeded")
+            if fault == "overloaded":
+                extra_headers = self._retry_after()
+                if provider == "anthropic":
+                    raise ApiError(529, "overloaded", "sandbox fault: Overloaded")
+                raise ApiError(503, "overloaded", "sandbox fault: the engine is currently overloaded, please try again later")
             if fault == "server_error":
                 raise ApiError(500, "api_error", "sandbox fault: the server had an error while processing your request")
             # Batches whose time has come end (and their results are rendered) before anyone looks.
@@ -197,10 +239,11 @@ class _App:
                 endpoint=endpoint,
                 params=params,
                 base_url=self.base_url(),
+                api_key=api_key,
             )
             response = func(self.store, call)
         except ApiError as exc:
-            response = self._error(exc, provider)
+            response = self._error(exc, provider, api_key if faults.echo_api_key else "")
         except Exception:
             log.exception("sandbox: internal error on %s %s", h.command, path)
             response = self._error(ApiError(500, "api_error", "sandbox internal error"), provider)
@@ -262,12 +305,18 @@ class _App:
         return h.rfile.read(length) if length > 0 else b""
 
     @staticmethod
-    def _error(exc: ApiError, provider: str) -> ApiResponse:
+    def _error(exc: ApiError, provider: str, echo_key: str = "") -> ApiResponse:
         openai_type, anthropic_type = _ERROR_TYPES[exc.kind]
+        message = exc.message
+        if echo_key and echo_key not in message:
+            message += f" (request made with API key {echo_key})"
         if provider == "anthropic":
-            body: dict[str, Any] = {"type": "error", "error": {"type": anthropic_type, "message": exc.message}}
+            error: dict[str, Any] = {"type": anthropic_type, "message": message}
+            if exc.details:
+                error["details"] = exc.details
+            body: dict[str, Any] = {"type": "error", "error": error}
         else:
-            body = {"error": {"message": exc.message, "type": openai_type, "param": exc.param, "code": exc.code}}
+            body = {"error": {"message": message, "type": openai_type, "param": exc.param, "code": exc.code}}
         return ApiResponse(body, status=exc.status)
 
     @staticmethod
@@ -339,6 +388,10 @@ class SandboxServer:
             if not settings.replay_uri:
                 raise ValueError("sandbox.replay_uri: required when sandbox.responder is 'replay'")
             responder = ReplayResponder.load(settings.replay_uri, settings.replay_model_aliases)
+        elif settings.responder == "task":
+            from routellm_batch.sandbox.tasks import TaskResponder
+
+            responder = TaskResponder(weak_models=frozenset(settings.task_weak_models), seed=settings.seed)
         else:
             responder = SyntheticResponder(seed=settings.seed)
         return cls(

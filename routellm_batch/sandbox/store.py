@@ -18,6 +18,7 @@ then the small snapshot atomically while holding the lock (see persistence.py).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -42,20 +43,24 @@ __all__ = [
     "BatchSummary",
     "BillingRecord",
     "FileRecord",
+    "KEY_MARK",
     "Limits",
     "PlannedError",
     "RequestPlan",
     "Rendered",
     "SandboxStore",
     "TerminalKind",
+    "quote_key",
 ]
 
 Provider = Literal["openai", "anthropic"]
 TerminalKind = Literal["completed", "failed", "expired", "cancelled"]
 BatchFate = Literal["normal", "validation_failed", "token_limit", "expire"]
 ErrorKind = Literal[
-    "invalid_request", "authentication", "not_found", "request_too_large", "rate_limit", "api_error", "overloaded"
+    "invalid_request", "authentication", "not_found", "conflict", "request_too_large", "rate_limit", "quota",
+    "billing", "api_error", "overloaded",
 ]
+HttpFault = Literal["rate_limit", "server_error", "overloaded", "quota_exceeded"]
 
 # State steps (in ticks after creation) at which a batch ends, per provider and fate:
 # OpenAI validating -> in_progress -> finalizing -> completed; Anthropic in_progress -> ended.
@@ -79,10 +84,19 @@ class ApiError(Exception):
     """An HTTP error answer; the server renders it in the calling provider's error shape."""
 
     def __init__(
-        self, status: int, kind: ErrorKind, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        kind: ErrorKind,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.kind, self.message, self.param, self.code = status, kind, message, param, code
+        self.details = details
+        """Anthropic's error.details (e.g. {"error_code": "enforced_spend_limit_reached"})."""
 
 
 @dataclass
@@ -97,6 +111,8 @@ class ApiCall:
     endpoint: str
     params: dict[str, str]
     base_url: str
+    api_key: str = field(default="", repr=False)
+    """The caller's key, only to be quoted in answers (Faults.echo_api_key); never stored or logged."""
 
     def json(self) -> Any:
         import json
@@ -168,6 +184,8 @@ class BatchRecord:
     completion_window: str | None = None
     malformed_line: bool = False
     lost_response: bool = False
+    list_lag: bool = False
+    """The list_lag fault: the batch stays out of `list` for Faults.list_lag_seconds after creation."""
     cancel_mono: float | None = None
     cancel_wall: float | None = None
     cancel_finished_share: float = 0.0
@@ -235,10 +253,24 @@ class Rendered:
 class Limits:
     """Provider limits the sandbox enforces (lower them in tests to exercise sharding)."""
 
+    # "200 MB" / "256 MB" enforced as 10^6-byte megabytes: the stricter reading of the docs, so a
+    # client that fits here fits the real API whichever megabyte it means.
     openai_max_requests: int = 50_000
-    openai_max_file_bytes: int = 200 * 1024 * 1024
+    openai_max_file_bytes: int = 200_000_000
     anthropic_max_requests: int = 100_000
-    anthropic_max_bytes: int = 256 * 1024 * 1024
+    anthropic_max_bytes: int = 256_000_000
+
+
+KEY_MARK = "{{api_key}}"
+"""Stands for the caller's API key in stored result lines; `quote_key` fills it in per download."""
+
+
+def quote_key(content: bytes, api_key: str) -> bytes:
+    """Result content as the downloader sees it: KEY_MARK replaced by its key (JSON-escaped)."""
+    mark = KEY_MARK.encode()
+    if mark not in content:
+        return content
+    return content.replace(mark, json.dumps(api_key)[1:-1].encode())
 
 
 def new_id(prefix: str, n: int = 24) -> str:
@@ -282,6 +314,9 @@ class SandboxStore:
             for name in (
                 "rate_limit_on",
                 "server_error_on",
+                "overloaded_on",
+                "quota_exceeded_on",
+                "list_lag_on",
                 "lose_create_on",
                 "token_limit_on",
                 "validation_failure_on",
@@ -329,17 +364,22 @@ class SandboxStore:
                 fired = rule.fires(self._rule_counts[key]) or fired
         return fired
 
-    def http_fault_locked(self, endpoint: str) -> Literal["rate_limit", "server_error"] | None:
-        """Count the call and decide whether it is answered 429 / 500 instead."""
+    def http_fault_locked(self, endpoint: str) -> HttpFault | None:
+        """Count the call and decide whether it is answered with an HTTP fault instead."""
         self.calls[endpoint] += 1
         self._call_no += 1
         f = self.faults
-        rate = self._rule_fires_locked("rate_limit_on", endpoint)
-        server = self._rule_fires_locked("server_error_on", endpoint)
+        # Every rule sees every call, so that '#n' always means the n-th matching call.
+        fired = {
+            "quota_exceeded": self._rule_fires_locked("quota_exceeded_on", endpoint),
+            "rate_limit": self._rule_fires_locked("rate_limit_on", endpoint),
+            "overloaded": self._rule_fires_locked("overloaded_on", endpoint),
+            "server_error": self._rule_fires_locked("server_error_on", endpoint),
+        }
         if any(FaultRule(g, None, None).matches(endpoint) for g in f.http_fault_endpoints):
-            rate = rate or draw(f.seed, "rate_limit", self._call_no) < f.rate_limit_share
-            server = server or draw(f.seed, "server_error", self._call_no) < f.server_error_share
-        kind: Literal["rate_limit", "server_error"] | None = "rate_limit" if rate else "server_error" if server else None
+            for name in ("rate_limit", "overloaded", "server_error"):
+                fired[name] = fired[name] or draw(f.seed, name, self._call_no) < getattr(f, f"{name}_share")
+        kind: HttpFault | None = next((k for k, on in fired.items() if on), None)  # type: ignore[assignment]
         if kind:
             self.faults_injected[kind] += 1
         return kind
@@ -364,15 +404,26 @@ class SandboxStore:
         return None
 
     def apply_request_faults_locked(self, provider: Provider, seq: int, plans: list[RequestPlan]) -> None:
+        # The key is quoted through a mark filled in at download (`quote_key`): never stored.
+        echo = f" (request made with API key {KEY_MARK})" if self.faults.echo_api_key else ""
         for plan in plans:
             kind = self.request_error_locked(provider, seq, plan.custom_id)
             if kind is not None:
                 self.faults_injected[f"request_{kind}"] += 1
-                plan.outcome = PlannedError(kind, _FAULT_MESSAGES[kind])
+                plan.outcome = PlannedError(kind, _FAULT_MESSAGES[kind] + echo)
 
     # -- batches -----------------------------------------------------------------------------
     def add_batch_locked(self, batch: BatchRecord) -> None:
         self.batches[batch.id] = batch
+
+    def list_lag_locked(self, provider: str) -> bool:
+        """Whether a new batch of `provider` lags in `list` (rule, or every batch when no rule is set)."""
+        fired = self._rule_fires_locked("list_lag_on", provider)
+        return self.faults.list_lag_seconds > 0 and (fired or not self._rules["list_lag_on"])
+
+    def listed_locked(self, batch: BatchRecord) -> bool:
+        """Whether `list` shows the batch yet (the list_lag fault hides a new one for a while)."""
+        return not batch.list_lag or self.now() - batch.created_mono >= self.faults.list_lag_seconds
 
     def next_seq_locked(self, provider: Provider) -> int:
         self.created[provider] += 1

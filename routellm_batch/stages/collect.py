@@ -44,8 +44,10 @@ from routellm_batch.stages.submit import (
     RunContext,
     open_run,
     plan_retries,
+    routed_prompt_ids,
     routed_row_count,
     submit_pending,
+    superseded_plans,
 )
 from routellm_batch.stages.wait import poll_once
 
@@ -314,7 +316,9 @@ def execute(
                 log.warning("%s: %d shard(s) not collected yet; responses not written", ctx.run_id, len(open_records))
                 return _summary(ctx, records, None, start)
             ctx.sleep(config.batch.poll_interval_seconds)
-        uri, _rows = write_responses(config, run_date, ledger, routed_row_count(config, run_date))
+        # After a re-split, rows that left the input or their queue keep their outcomes in the ledger only.
+        active = {q: routed_prompt_ids(config, run_date, q) for q in QUEUES} if superseded_plans(ledger) else None
+        uri, _rows = write_responses(config, run_date, ledger, routed_row_count(config, run_date), active)
         return _summary(ctx, ledger.records(), uri, start)
     finally:
         if providers is None:

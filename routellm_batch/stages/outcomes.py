@@ -14,6 +14,7 @@ Light module: pyarrow only.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import date
@@ -137,9 +138,13 @@ def iter_outcome_batches(ledger: Ledger, rel: str, columns: list[str] | None = N
         yield from pq.ParquetFile(f).iter_batches(batch_size=8192, columns=columns)
 
 
-def write_responses(config: RunConfig, run_date: date, ledger: Ledger, expected_rows: int) -> tuple[str, int]:
+def write_responses(
+    config: RunConfig, run_date: date, ledger: Ledger, expected_rows: int, active: Mapping[str, pa.Array] | None = None
+) -> tuple[str, int]:
     """Replace the run date's responses partition with every final outcome row; returns (uri, rows).
 
+    `active` (queue -> prompt ids routed there now): after a re-split, only those rows' outcomes are
+    published; outcomes of rows that left the input or their queue stay in the ledger.
     Refuses to write when the number of final rows differs from the routed row count (a lost or
     doubled row is a bug to stop on, not to publish)."""
     import pyarrow.compute as pc
@@ -153,7 +158,14 @@ def write_responses(config: RunConfig, run_date: date, ledger: Ledger, expected_
         writer = pq.ParquetWriter(out, RESPONSES_FILE_SCHEMA)
         for rel in outcome_files:
             for batch in iter_outcome_batches(ledger, rel):
-                final = batch.filter(pc.equal(batch.column("final"), True))
+                keep = pc.equal(batch.column("final"), True)
+                if active is not None:
+                    routed_here = [
+                        pc.and_(pc.equal(batch.column("queue"), q), pc.is_in(batch.column("prompt_id"), value_set=ids))
+                        for q, ids in active.items()
+                    ]
+                    keep = pc.and_(keep, functools.reduce(pc.or_, routed_here))
+                final = batch.filter(keep)
                 if final.num_rows:
                     table = pa.Table.from_batches([final]).select(RESPONSES_FILE_SCHEMA.names).cast(RESPONSES_FILE_SCHEMA)
                     writer.write_table(table)

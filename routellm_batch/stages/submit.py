@@ -30,7 +30,7 @@ import time
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -43,10 +43,11 @@ from routellm_batch.stages import add_run_arguments
 from routellm_batch.ledger import Ledger, ShardRecord, ShardState, filesystem_for, utcnow
 from routellm_batch.providers.base import BatchInfo, BatchProvider, BatchRequest, ShardPayload
 from routellm_batch.providers.custom_id import make_custom_id
+from routellm_batch.crashpoints import crash_point
 from routellm_batch.providers.errors import (
-    CredentialsError,
     ErrorType,
     ProviderError,
+    StopRunError,
     TerminalProviderError,
 )
 from routellm_batch.providers.registry import build_provider
@@ -64,9 +65,11 @@ __all__ = [
     "open_run",
     "plan_queue",
     "plan_retries",
+    "routed_prompt_ids",
     "routed_row_count",
     "run",
     "submit_pending",
+    "superseded_plans",
     "sweep_duplicates",
 ]
 
@@ -101,6 +104,8 @@ class RunContext:
     adopted: int = 0
 
     @property
+    duplicates: set[str] = field(default_factory=set)
+    """Batches found tagged with this run but unknown to the ledger (see `sweep_duplicates`)."""
     def run_id(self) -> str:
         return self.ledger.run_id
 
@@ -205,9 +210,9 @@ class _Candidate:
 class _ShardWriter:
     """Streams one shard's input lines to the ledger; on close writes its map, then its record."""
 
-    def __init__(self, ctx: RunContext, queue: str, attempt: int, index: int) -> None:
-        self.ctx, self.queue, self.attempt, self.index = ctx, queue, attempt, index
-        self.shard_id = shard_id(ctx.run_id, queue, attempt, index)
+    def __init__(self, ctx: RunContext, queue: str, attempt: int, index: int, version: int = 1) -> None:
+        self.ctx, self.queue, self.attempt, self.index, self.version = ctx, queue, attempt, index, version
+        self.shard_id = shard_id(ctx.run_id, Ledger.lane(queue, version), attempt, index)
         self._cm = ctx.ledger.open_output(Ledger.input_rel(self.shard_id))
         self._out = self._cm.__enter__()
         self._cids: list[str] = []
@@ -245,6 +250,7 @@ class _ShardWriter:
             est_input_tokens=sum(self._tokens),
             input_file=ledger.uri_of(Ledger.input_rel(self.shard_id)),
             map_file=ledger.uri_of(Ledger.map_rel(self.shard_id)),
+            plan_version=self.version,
         )
 
 
@@ -255,19 +261,33 @@ class PlanResult:
     shards: list[ShardRecord]
     rejected: int
     reused: bool
-    """True when the plan already existed (a re-run): nothing was recomputed."""
+    """True when no new plan was made (a re-run with nothing new to send)."""
+    added: int = 0
+    """Rows a re-split added to this queue (new, or re-routed from the other queue): planned as a new version."""
+    left: int = 0
+    """Rows planned before that the routed table no longer has in this queue (they left the input or were
+    re-routed): their batches stand, their outcomes are not published."""
 
 
-def _build_plan(ctx: RunContext, queue: str, attempt: int, candidates: Iterable[_Candidate]) -> PlanResult:
+def _custom_id_key(run_id: str, version: int) -> str:
+    # Each plan version has its own custom_ids, so a prompt re-routed back and forth never shares one.
+    return run_id if version == 1 else f"{run_id}/v{version}"
+
+
+def _build_plan(
+    ctx: RunContext, queue: str, attempt: int, candidates: Iterable[_Candidate], version: int = 1, **extra: Any
+) -> PlanResult:
     ledger, provider, spec = ctx.ledger, ctx.provider(queue), ctx.spec(queue)
     limits = ShardLimits.for_provider(provider.limits, ctx.config.batch)
-    packer: ShardPacker[ShardRecord] = ShardPacker(limits, lambda i: _ShardWriter(ctx, queue, attempt, i))
+    packer: ShardPacker[ShardRecord] = ShardPacker(limits, lambda i: _ShardWriter(ctx, queue, attempt, i, version))
     max_attempts = ctx.config.batch.max_attempts
-    rejected = OutcomeWriter(ledger, Ledger.rejected_rel(queue, attempt))
+    lane = Ledger.lane(queue, version)
+    rejected = OutcomeWriter(ledger, Ledger.rejected_rel(lane, attempt))
     seen_ids = array("Q")  # 8 bytes per row: duplicate prompt ids would mean two outcomes for one prompt
+    key = _custom_id_key(ctx.run_id, version)
     try:
         for c in candidates:
-            cid = make_custom_id(ctx.run_id, c.prompt_id, attempt)
+            cid = make_custom_id(key, c.prompt_id, attempt)
             seen_ids.append(hash(c.prompt_id) & 0xFFFFFFFFFFFFFFFF)
             base = {
                 "run_id": ctx.run_id, "prompt_id": c.prompt_id, "queue": queue, "model": spec.model,
@@ -294,34 +314,92 @@ def _build_plan(ctx: RunContext, queue: str, attempt: int, candidates: Iterable[
         rejected.abort()
         raise
     rejected.commit()
-    ledger.write_plan(queue, attempt, [r.shard_id for r in shards], rejected.count)
+    ledger.write_plan(lane, attempt, [r.shard_id for r in shards], rejected.count, version=version, **extra)
     log.info(
         "planned %s attempt %d: %d shard(s), %d row(s) rejected before submission",
-        queue, attempt, len(shards), rejected.count,
+        lane, attempt, len(shards), rejected.count,
     )  # fmt: skip
-    return PlanResult(queue, attempt, shards, rejected.count, reused=False)
+    return PlanResult(queue, attempt, shards, rejected.count, reused=False, added=int(extra.get("added", 0)))
+
+
+def _planned_prompt_ids(ctx: RunContext, queue: str, versions: list[int]) -> set[str]:
+    """Every prompt a complete first-attempt plan of the queue holds (sent in a shard or rejected)."""
+    ledger = ctx.ledger
+    out: set[str] = set()
+    for version in versions:
+        lane = Ledger.lane(queue, version)
+        plan = ledger.read_plan(lane, 1) or {}
+        rels = [Ledger.map_rel(s) for s in plan.get("shards", [])] + [Ledger.rejected_rel(lane, 1)]
+        for rel in rels:
+            if ledger.exists(rel):
+                out.update(pq.read_table(ledger.path(rel), filesystem=ledger.fs, columns=["prompt_id"]).column("prompt_id").to_pylist())
+    return out
 
 
 def plan_queue(ctx: RunContext, queue: str) -> PlanResult:
-    """Attempt 1 of a queue, from the routed table (or the existing plan on a re-run)."""
-    plan = ctx.ledger.read_plan(queue, 1)
-    if plan is not None:
-        records = [ctx.ledger.get(s) for s in plan["shards"]]
-        if any(r is None for r in records):
-            raise RuntimeError(f"ledger {ctx.ledger.uri}: plan {queue}-a1 names a shard without a record")
-        return PlanResult(queue, 1, [r for r in records if r], int(plan.get("rejected", 0)), reused=True)
+    """Attempt 1 of a queue from the routed table. On a re-run the plan is versioned: rows of the
+    routed table no plan of this queue holds yet (added, or re-routed here by a new split) become a
+    new plan version; rows planned before keep their shards, batches and outcomes (never sent
+    twice); planned rows the routed table lost are counted (`left`) and left out of the responses."""
+    ledger = ctx.ledger
     provider = ctx.provider(queue)
     spec = ctx.spec(queue)
+    versions = ledger.plan_versions(queue)
+    planned = _planned_prompt_ids(ctx, queue, versions) if versions else set()
+    still_routed: set[str] = set()
 
     def candidates() -> Iterator[_Candidate]:
         for row in iter_routed_rows(ctx.config, ctx.run_date, queue, spec):
+            if versions:
+                still_routed.add(row["prompt_id"])
+                if row["prompt_id"] in planned:
+                    continue
             est = int(row.get("est_input_tokens") or 0)
             try:
                 yield _Candidate(row["prompt_id"], est, provider.render_body(row))
             except ValueError as exc:
                 yield _Candidate(row["prompt_id"], est, None, (ErrorType.INVALID_REQUEST, f"cannot build the request: {exc}"))
 
-    return _build_plan(ctx, queue, 1, candidates())
+    if not versions:
+        return _build_plan(ctx, queue, 1, candidates())
+    new = list(candidates())  # only the rows to plan are held (with their request bodies)
+    left = len(planned - still_routed)
+    if left:
+        log.warning("queue %s: %d planned row(s) are no longer routed here (left the input or re-routed); "
+                    "their batches stand, their outcomes are not published", queue, left)  # fmt: skip
+    if new:
+        version = versions[-1] + 1
+        log.info("queue %s: %d routed row(s) not planned yet: plan version %d", queue, len(new), version)
+        result = _build_plan(ctx, queue, 1, new, version, added=len(new), left=left)
+        return replace(result, shards=_plan_records(ctx, queue, versions) + result.shards, left=left)
+    rejected = sum(int((ledger.read_plan(Ledger.lane(queue, v), 1) or {}).get("rejected", 0)) for v in versions)
+    return PlanResult(queue, 1, _plan_records(ctx, queue, versions), rejected, reused=True, left=left)
+
+
+def _plan_records(ctx: RunContext, queue: str, versions: list[int]) -> list[ShardRecord]:
+    out = []
+    for version in versions:
+        lane = Ledger.lane(queue, version)
+        plan = ctx.ledger.read_plan(lane, 1) or {}
+        for s in plan.get("shards", []):
+            record = ctx.ledger.get(s)
+            if record is None:
+                raise RuntimeError(f"ledger {ctx.ledger.uri}: plan {lane}-a1 names a shard without a record")
+            out.append(record)
+    return out
+
+
+def routed_prompt_ids(config: RunConfig, run_date: date, queue: str) -> pa.Array:
+    """The prompt ids the routed table sends to `queue` now."""
+    dataset = _routed_dataset(config, run_date, queue)
+    if dataset is None:
+        return pa.array([], pa.string())
+    return dataset.to_table(columns=["prompt_id"]).column("prompt_id").combine_chunks()
+
+
+def superseded_plans(ledger: Ledger) -> bool:
+    """True when a re-split added a plan version: then only the current routed rows' outcomes are published."""
+    return any(ledger.plan_versions(q)[1:] for q in QUEUES)
 
 
 def plan_retries(ctx: RunContext) -> list[PlanResult]:
@@ -330,13 +408,14 @@ def plan_retries(ctx: RunContext) -> list[PlanResult]:
     ledger = ctx.ledger
     records = ledger.records()
     out = []
-    for queue in QUEUES:
+    for queue, version in ((q, v) for q in QUEUES for v in ledger.plan_versions(q)):
+        lane = Ledger.lane(queue, version)
         attempt = 1
-        while ledger.read_plan(queue, attempt + 1) is not None:
+        while ledger.read_plan(lane, attempt + 1) is not None:
             attempt += 1
-        if attempt >= ctx.config.batch.max_attempts or ledger.read_plan(queue, attempt) is None:
+        if attempt >= ctx.config.batch.max_attempts or ledger.read_plan(lane, attempt) is None:
             continue
-        shards = [r for r in records if r.queue == queue and r.attempt == attempt]
+        shards = [r for r in records if r.queue == queue and r.attempt == attempt and r.plan_version == version]
         if not shards or any(r.state is not ShardState.COLLECTED for r in shards):
             continue
         retry_ids: dict[str, set[str]] = {}
@@ -365,8 +444,8 @@ def plan_retries(ctx: RunContext) -> list[PlanResult]:
                     if req.custom_id in ids:
                         yield _Candidate(pids[i], int(toks[i]), req.body)
 
-        log.info("queue %s: %d row(s) to retry as attempt %d", queue, sum(map(len, retry_ids.values())), attempt + 1)
-        out.append(_build_plan(ctx, queue, attempt + 1, candidates()))
+        log.info("queue %s: %d row(s) to retry as attempt %d", lane, sum(map(len, retry_ids.values())), attempt + 1)
+        out.append(_build_plan(ctx, queue, attempt + 1, candidates(), version))
     return out
 
 
@@ -437,9 +516,10 @@ def _reconcile_tagged(ctx: RunContext, record: ShardRecord, provider: BatchProvi
     ]
     if not matches:
         return None
-    matches.sort(key=lambda b: b.created_at)
+    matches.sort(key=lambda b: (b.created_at, b.batch_id))
     for extra in matches[1:]:
-        # Cannot happen unless two creates landed; cancel the spare before it runs up a bill.
+        # Two creates landed (the list lagged longer than batch.list_lag_seconds): cancel the spare
+        # before it runs up a bill.
         log.error("shard %s: duplicate batch %s (keeping %s); cancelling it", record.shard_id, extra.batch_id, matches[0].batch_id)
         if not extra.state.terminal:
             provider.cancel(extra.batch_id)
@@ -456,12 +536,13 @@ def _reconcile_untagged(ctx: RunContext, record: ShardRecord, provider: BatchPro
     marked unverified, and checked at collect; if it proves foreign the shard goes back to
     `planned` and is created then (a delay, never a double payment).
 
-    Residual risks: (1) a create that lands after we listed would be missed and the shard created
-    twice. We list only after intent + create timeout when the create's fate is unknown (our
-    timeout, a crashed process), but after a 1 s settle when the server answered 5xx or closed the
-    connection; a proxy that answers 502 while the provider still works on the request could
-    still land one later. For OpenAI, `sweep_duplicates` finds such a batch by its metadata and
-    cancels it; for Anthropic nothing can (its custom_ids are only readable once it has ended).
+    Residual risks: (1) a create that lands, or shows in the list, after we stopped listing would be
+    missed and the shard created twice. `reconcile_intent` lists from the moment the create can no
+    longer be in flight (intent + create timeout when its fate is unknown, a 1 s settle after a 5xx
+    or a closed connection) and keeps listing for `batch.list_lag_seconds`; a list lagging longer,
+    or a proxy answering 502 while the provider still works on the request, can still cause one.
+    For OpenAI, `sweep_duplicates` finds such a batch by its metadata and cancels it; for
+    Anthropic nothing can (its custom_ids are only readable once it has ended).
     (2) Another client creating a same-size batch in the same workspace inside the window, while
     our create was lost, delays this shard until that batch ends (then it is released).
     (3) A batch whose results are no longer downloadable (29 days) cannot be verified.
@@ -506,7 +587,9 @@ def reconcile_intent(ctx: RunContext, record: ShardRecord, *, server_done: bool 
     `server_done`: the server answered the create (5xx) or closed its connection, so it is no
     longer working on it; list after a short settle. Otherwise (our timeout, or a crashed
     process found the intent) a create still on its way can land until intent + create timeout:
-    wait for that before listing."""
+    wait for that before listing. A batch may show in the list only a while after it was
+    created: absent, the list is read again until `batch.list_lag_seconds` have passed, and only
+    then does the shard go back to `planned` (to be created again)."""
     provider = ctx.provider(record.queue)
     if record.intent_at is None:
         return ctx.ledger.advance(record, ShardState.PLANNED, note="reconcile: no intent time recorded")
@@ -518,7 +601,14 @@ def reconcile_intent(ctx: RunContext, record: ShardRecord, *, server_done: bool 
     if remaining > 0:
         log.info("shard %s: waiting %.1fs for a possibly in-flight create before listing batches", record.shard_id, remaining)
         ctx.sleep(remaining)
-    found = (_reconcile_tagged if provider.tags_batches else _reconcile_untagged)(ctx, record, provider)
+    reconcile = _reconcile_tagged if provider.tags_batches else _reconcile_untagged
+    waited = 0.0
+    # Waits are summed, not read off the clock: the schedule is the same on a slow machine.
+    while (found := reconcile(ctx, record, provider)) is None and waited < lag:
+        step = min(lag - waited, max(SETTLE_SECONDS, lag / 8))
+        log.info("shard %s: no batch in the list yet; listing again in %.1fs (list lag allowance %.0fs)", record.shard_id, step, lag)
+        ctx.sleep(step)
+        waited += step
     if found is not None:
         return found
     return ctx.ledger.advance(record, ShardState.PLANNED, note="reconcile: the provider has no batch for this intent")
@@ -536,7 +626,7 @@ def _create(ctx: RunContext, record: ShardRecord) -> ShardRecord:
                 if file_id is not None:
                     record = ledger.update(record, provider_input_file_id=file_id)
         except TerminalProviderError as exc:
-            if isinstance(exc, CredentialsError) or exc.status_code in (404, 405):
+            if isinstance(exc, StopRunError) or exc.status_code in (404, 405):
                 raise
             return _refused(ctx, record, exc)
         record = ledger.advance(
@@ -557,7 +647,7 @@ def _create(ctx: RunContext, record: ShardRecord) -> ShardRecord:
                 record = ledger.update(record, error=str(exc), error_type=exc.error_type.value)
             else:
                 record = ledger.advance(record, ShardState.PLANNED, note=f"create refused: {exc}", error=str(exc), error_type=exc.error_type.value)
-                if isinstance(exc, CredentialsError) or exc.status_code in (404, 405):
+                if isinstance(exc, StopRunError) or exc.status_code in (404, 405):
                     raise
                 if isinstance(exc, TerminalProviderError):
                     return _refused(ctx, record, exc)
@@ -587,10 +677,12 @@ def _refused(ctx: RunContext, record: ShardRecord, exc: ProviderError) -> ShardR
         ShardState.FAILED,
         note=f"refused: {exc}",
         error=f"the provider refused the batch: {exc}",
+    lag = ctx.config.batch.list_lag_seconds
         error_type=ErrorType.INVALID_REQUEST.value,
     )
 
 
+        lag += min(0.0, remaining)  # a crash found long after: part of the lag has passed already
 def submit_pending(ctx: RunContext) -> list[ShardRecord]:
     """Reconcile every open intent, then create planned shards within the token budget."""
     ledger = ctx.ledger
@@ -609,6 +701,7 @@ def submit_pending(ctx: RunContext) -> list[ShardRecord]:
             key = (r.provider, r.model)
             if budget is not None and enqueued[key] > 0 and enqueued[key] + r.est_input_tokens > budget:
                 log.info("shard %s: waits for enqueued-token budget (%d + %d > %d)", r.shard_id, enqueued[key], r.est_input_tokens, budget)
+                crash_point("upload.returned")
                 out.append(r)
                 continue
             r = _create(ctx, r)
@@ -619,14 +712,15 @@ def submit_pending(ctx: RunContext) -> list[ShardRecord]:
 
 
 def sweep_duplicates(ctx: RunContext) -> list[str]:
-    """Batches tagged with this run that the ledger does not know (a create that landed after
-    its shard was reconciled and created again): cancelled if still running, and reported.
+    """Batches tagged with this run that the ledger does not know (a create that landed, or showed
+    in the list, after its shard was reconciled and created again): cancelled if still running,
+    and reported once (kept in `ctx.duplicates`). Returns the ones new to this call.
     Only tagged (OpenAI) batches can be recognised this way."""
     records = ctx.ledger.records()
     intents = [r.intent_at for r in records if r.intent_at is not None]
     if not intents:
         return []
-    known = {r.batch_id for r in records if r.batch_id}
+    known = {r.batch_id for r in records if r.batch_id} | ctx.duplicates
     since = min(intents) - timedelta(seconds=ctx.reconcile_skew_s)
     found: list[str] = []
     checked: set[int] = set()
@@ -640,6 +734,7 @@ def sweep_duplicates(ctx: RunContext) -> list[str]:
                 found.append(b.batch_id)
                 log.error("run %s: batch %s (shard %s) is not in the ledger: a duplicate; %s",
                           ctx.run_id, b.batch_id, b.metadata.get("shard_id"),
+        crash_point("create.answered")
                           "already ended" if b.state.terminal else "cancelling it")  # fmt: skip
                 if not b.state.terminal:
                     provider.cancel(b.batch_id)
@@ -664,12 +759,17 @@ class SubmitSummary:
     batches_created: int
     batches_adopted: int
     by_queue: dict[str, int] = field(default_factory=dict)
+    rows_added: int = 0
+    """Rows a re-split added (new or re-routed), planned as a new plan version."""
+    rows_left: int = 0
+    """Planned rows no longer routed to their queue (left the input or re-routed); not published."""
 
     def render(self) -> str:
+        resplit = f"; re-split: {self.rows_added} row(s) added, {self.rows_left} left their queue" if self.rows_added or self.rows_left else ""
         return (
             f"submit {self.run_id}: {self.shards} shard(s) {self.by_queue}, {self.submitted} with a batch "
             f"({self.batches_created} created now, {self.batches_adopted} found again), {self.pending} pending, "
-            f"{self.refused} refused, {self.rows_rejected} row(s) rejected before submission"
+            f"{self.refused} refused, {self.rows_rejected} row(s) rejected before submission{resplit}"
         )
 
 
@@ -696,6 +796,8 @@ def execute(
             batches_created=ctx.created,
             batches_adopted=ctx.adopted,
             by_queue={p.queue: len(p.shards) for p in plans},
+            rows_added=sum(p.added for p in plans),
+            rows_left=sum(p.left for p in plans),
         )
     finally:
         if providers is None:
@@ -711,3 +813,4 @@ def run(args: argparse.Namespace) -> int:
     s = execute(config, args.run_date)
     print(s.render())
     return 1 if s.create_failures else 0
+                ctx.duplicates.add(b.batch_id)

@@ -145,12 +145,16 @@ class WaitSummary:
 
 
 def drive(ctx: RunContext, *, timeout: float | None, poll_interval: float) -> tuple[PollReport, int]:
-    """Submit what is pending and poll until nothing is in flight (or the timeout)."""
+    """Submit what is pending and poll until nothing is in flight (or the timeout).
+
+    Each round also sweeps for duplicate batches: one that shows in the list late is cancelled
+    while it still runs, before it is billed, not only reported once everything has ended."""
     start = time.monotonic()
     polls = 0
     while True:
         submit_pending(ctx)
         report = poll_once(ctx)
+        sweep_duplicates(ctx)
         polls += 1
         if report.in_flight == 0:
             # Done, or planned shards whose create failed even with nothing enqueued: a re-run retries them.
@@ -172,7 +176,7 @@ def execute(
     start = time.monotonic()
     try:
         report, polls = drive(ctx, timeout=timeout, poll_interval=config.batch.poll_interval_seconds)
-        duplicates = sweep_duplicates(ctx) if report.done else []
+        duplicates = sorted(ctx.duplicates)
     finally:
         if providers is None:
             ctx.close()

@@ -1,0 +1,39 @@
+"""Named crash points, so that the crash-recovery tests kill a run exactly where it hurts.
+
+With `ROUTELLM_BATCH_CRASH_AT=<name>[#<n>]` in the environment, the n-th pass (default: the
+first) through `crash_point(name)` SIGKILLs this process: no cleanup, no finally blocks, as a
+lost machine. Without the variable (always, outside the tests) a crash point is one dict lookup.
+
+The points (each placed where a crash leaves the most to recover):
+- `upload.returned`: the provider stored the shard's input file; the ledger does not know its id.
+- `create.answered`: the provider accepted a batch create; the ledger does not hold its id yet.
+- `ledger.write`: an atomic ledger write has its temp file written but not yet renamed.
+- `results.download`: part of a batch's results has been read and handed on; the rest has not.
+
+Light module: standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+__all__ = ["ENV", "POINTS", "crash_point"]
+
+ENV = "ROUTELLM_BATCH_CRASH_AT"
+POINTS = ("upload.returned", "create.answered", "ledger.write", "results.download")
+_passes: Counter[str] = Counter()
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process if `ROUTELLM_BATCH_CRASH_AT` names this point and pass."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    target, _, nth = spec.partition("#")
+    if target != name:
+        return
+    _passes[name] += 1
+    if _passes[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
