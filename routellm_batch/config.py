@@ -182,10 +182,6 @@ class BatchSettings(_Strict):
         "until then, so a resumed run waits this long after the last create intent before it looks the batch "
         "up. None: 30 s for OpenAI (the file is uploaded before), 30 s + 1 s per MB of requests for Anthropic.",
     )
-
-
-class SparkSettings(_Strict):
-    master: str | None = Field(
     list_lag_seconds: float = Field(
         60.0,
         ge=0,

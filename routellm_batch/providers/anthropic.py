@@ -223,7 +223,6 @@ class AnthropicBatchProvider(BatchProvider):
                 raise MalformedResultLine(f"unknown result type {kind!r}", cid)
             if status is ResultStatus.SUCCEEDED:
                 message = result["message"]
-                usage = message.get("usage") or {}
                 text = "".join(
                     block.get("text", "") for block in message.get("content") or [] if block.get("type") == "text"
                 )
@@ -232,8 +231,7 @@ class AnthropicBatchProvider(BatchProvider):
                     status,
                     text=text,
                     finish_reason=message.get("stop_reason"),
-                    input_tokens=usage.get("input_tokens"),
-                    output_tokens=usage.get("output_tokens"),
+                    **anthropic_usage(message.get("usage")),
                 )
             if status is ResultStatus.ERRORED:
                 outer = result.get("error") or {}

@@ -132,7 +132,13 @@ class RequestResult:
     text: str | None = None
     finish_reason: str | None = None
     input_tokens: int | None = None
+    """Every input token, cached or not (the cache counts below are parts of it)."""
     output_tokens: int | None = None
+    """Every output token (reasoning_tokens is a part of it)."""
+    cached_input_tokens: int | None = None
+    cache_write_5m_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    reasoning_tokens: int | None = None
     error_type: ErrorType | None = None
     error_message: str | None = None
 
@@ -182,6 +188,7 @@ class BatchProvider(ABC):
         retry: RetryPolicy | None = None,
         timeout_s: float = 120.0,
         create_timeout_s: float | None = None,
+        api_key: str | None = None,
     ) -> None:
         if spec.provider != self.name:
             raise ValueError(f"{type(self).__name__} serves provider {self.name!r}, the spec says {spec.provider!r}")
@@ -343,6 +350,16 @@ class BatchProvider(ABC):
             log.info("%s: batch %s had already ended when it was cancelled (%s); reading it again", self.name, batch_id, exc)
             return self.retrieve(batch_id)
 
+    @abstractmethod
+    def _cancel(self, batch_id: str) -> BatchInfo:
+        """The cancel call itself (retried on transient failures)."""
+
+    @abstractmethod
+    def result_sources(self, info: BatchInfo) -> list[str]:
+        """Names of the result streams a terminal batch has (OpenAI: output, errors; Anthropic: results)."""
+
+    @abstractmethod
+    def open_result_stream(self, info: BatchInfo, source: str) -> AbstractContextManager[Iterator[bytes]]:
         """Stream one result source as byte chunks, never the whole file in memory."""
 
     @abstractmethod

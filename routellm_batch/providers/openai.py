@@ -258,14 +258,12 @@ class OpenAIBatchProvider(BatchProvider):
             body = response.get("body") or {}
             if code_http == 200:
                 choice = body["choices"][0]
-                usage = body.get("usage") or {}
                 return RequestResult(
                     cid,
                     ResultStatus.SUCCEEDED,
                     text=(choice.get("message") or {}).get("content"),
                     finish_reason=choice.get("finish_reason"),
-                    input_tokens=usage.get("prompt_tokens"),
-                    output_tokens=usage.get("completion_tokens"),
+                    **openai_usage(body.get("usage")),
                 )
             err = body.get("error") or {}
             word = err.get("code") or err.get("type")

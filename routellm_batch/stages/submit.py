@@ -106,6 +106,8 @@ class RunContext:
     @property
     duplicates: set[str] = field(default_factory=set)
     """Batches found tagged with this run but unknown to the ledger (see `sweep_duplicates`)."""
+
+    @property
     def run_id(self) -> str:
         return self.ledger.run_id
 
@@ -594,10 +596,12 @@ def reconcile_intent(ctx: RunContext, record: ShardRecord, *, server_done: bool 
     if record.intent_at is None:
         return ctx.ledger.advance(record, ShardState.PLANNED, note="reconcile: no intent time recorded")
     timeout = record.create_timeout_s if record.create_timeout_s is not None else provider.create_timeout_s(record.bytes)
+    lag = ctx.config.batch.list_lag_seconds
     if server_done:
         remaining = SETTLE_SECONDS
     else:
         remaining = (record.intent_at + timedelta(seconds=timeout) - utcnow()).total_seconds()
+        lag += min(0.0, remaining)  # a crash found long after: part of the lag has passed already
     if remaining > 0:
         log.info("shard %s: waiting %.1fs for a possibly in-flight create before listing batches", record.shard_id, remaining)
         ctx.sleep(remaining)
@@ -677,7 +681,6 @@ def _refused(ctx: RunContext, record: ShardRecord, exc: ProviderError) -> ShardR
         ShardState.FAILED,
         note=f"refused: {exc}",
         error=f"the provider refused the batch: {exc}",
-    lag = ctx.config.batch.list_lag_seconds
         error_type=ErrorType.INVALID_REQUEST.value,
     )
 
