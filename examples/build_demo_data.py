@@ -4,7 +4,9 @@
 
 Writes routellm_batch/demo/prompts.jsonl (the demo's input: 200 real GSM8K prompts plus four
 deliberately bad rows that the validate stage must quarantine) and routellm_batch/demo/gsm8k_demo.csv
-(the two models' recorded answers to those prompts, replayed by the sandbox provider).
+(the two models' recorded answers to those prompts, replayed by the sandbox provider) and
+routellm_batch/demo/gsm8k_outcomes.csv (whether each recorded answer is correct, per prompt_id: the
+demo config's quality.known_outcomes).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pandas as pd
 
 N = 200
 DEMO = Path(__file__).resolve().parents[1] / "routellm_batch" / "demo"
+# The recorded models the demo replays (demo.yaml's replay_model_aliases).
+STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 
 def main(source: str) -> None:
@@ -32,6 +36,10 @@ def main(source: str) -> None:
         {"question": "A prompt without an id", "max_tokens": 512},  # missing_prompt_id
         {"id": "bad-max-tokens", "question": "How many legs does a spider have?", "max_tokens": "lots"},  # wrong_type
     ]
+    outcomes = pd.DataFrame(
+        {"prompt_id": [r["id"] for r in rows[:N]], "strong_correct": df[STRONG], "weak_correct": df[WEAK]}
+    )
+    outcomes.to_csv(DEMO / "gsm8k_outcomes.csv", index=False)
     with open(DEMO / "prompts.jsonl", "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

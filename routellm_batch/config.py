@@ -22,6 +22,7 @@ __all__ = [
     "InputTable",
     "ModelSpec",
     "PricingSettings",
+    "QualitySettings",
     "QuarantineSettings",
     "RouterSpec",
     "RunConfig",
@@ -209,6 +210,25 @@ class PricingSettings(_Strict):
     batch_discount: float = Field(0.5, gt=0.0, le=1.0, description="Batch price as a share of online price.")
 
 
+class QualitySettings(_Strict):
+    """What is known about answer quality, so the run report can put quality beside cost."""
+
+    known_outcomes: str | None = Field(
+        None,
+        description="Table of known per-prompt outcomes (path, URI or package:NAME; .csv, .parquet or .jsonl) with "
+        "columns prompt_id, strong_correct, weak_correct: whether each model answers that prompt correctly "
+        "(bool, or a grade in [0, 1]). The report then gives the routed run's accuracy against all-strong and "
+        "all-weak on the same prompts. None = quality not known.",
+    )
+
+    @field_validator("known_outcomes")
+    @classmethod
+    def _table_format(cls, v: str | None) -> str | None:
+        if v is not None and not v.lower().endswith((".csv", ".parquet", ".jsonl")):
+            raise ValueError("expected a .csv, .parquet or .jsonl file")
+        return v
+
+
 class SandboxSettings(_Strict):
     """A local sandbox provider for demos and tests (started by the CLI when enabled)."""
 
@@ -268,6 +288,9 @@ class RunConfig(_Strict):
     quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    quality: QualitySettings = Field(
+        default_factory=QualitySettings, description="Known answer quality, for the run report (optional)."
+    )
 
     def run_id(self, run_date: date) -> str:
         return f"{self.job_name}/{run_date.isoformat()}"
@@ -344,6 +367,7 @@ _PATH_SETTINGS = (
     ("pricing", "price_table"),
     ("sandbox", "replay_uri"),
     ("sandbox", "state_dir"),
+    ("quality", "known_outcomes"),
 )
 
 

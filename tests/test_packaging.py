@@ -19,6 +19,7 @@ LIGHT_MODULES = [
     "routellm_batch.schemas",
     "routellm_batch.routers.registry",
     "routellm_batch.ledger",
+    "routellm_batch.run_report",
     "routellm_batch.providers.base",
     "routellm_batch.providers.openai",
     "routellm_batch.providers.anthropic",

@@ -134,6 +134,9 @@ def execute(config: RunConfig, run_date: date) -> ReportSummary:
         pq.write_table(table.drop_columns(["run_date"]), out)
     statuses = {s["values"]: s["counts"] for s in pc.value_counts(responses["status"]).to_pylist()}
     log.info("cost report for %s written to %s", run_id, uri)
+    from routellm_batch.run_report import write_run_report  # pandas, jinja2: only when it runs
+
+    write_run_report(config, run_date)
     return ReportSummary(run_id, uri, rows, statuses)
 
 
