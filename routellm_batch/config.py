@@ -190,6 +190,10 @@ class BatchSettings(_Strict):
         "create whose answer was lost, the list is read again for this long before the shard counts as not "
         "created: a lagging list must never lead to a second create (for Anthropic, the way to pay twice).",
     )
+
+
+class SparkSettings(_Strict):
+    master: str | None = Field(
         None, description="Spark master; None = what spark-submit gives, else local[*]."
     )
     app_name: str | None = Field(None, description="Spark application name; default: the job name.")

@@ -190,6 +190,8 @@ class BatchProvider(ABC):
         create_timeout_s: float | None = None,
         api_key: str | None = None,
     ) -> None:
+        """`api_key`: the key itself, for callers that hold it in memory (an Airflow connection);
+        None reads the environment variable `spec.api_key_env` on first use."""
         if spec.provider != self.name:
             raise ValueError(f"{type(self).__name__} serves provider {self.name!r}, the spec says {spec.provider!r}")
         self.spec = spec
@@ -197,11 +199,11 @@ class BatchProvider(ABC):
         self.timeout_s = timeout_s
         self._create_timeout_s = create_timeout_s
         self._clients: dict[bool, Any] = {}
-        self._key: str | None = None
+        self._key: str | None = api_key or None
 
     # -- credentials and clients ----------------------------------------------------------------
     def api_key(self) -> str:
-        """The key from the environment; a missing variable is named, its value never shown."""
+        """The key given at construction, else from the environment; a missing variable is named, its value never shown."""
         if self._key is None:
             value = os.environ.get(self.spec.api_key_env)
             if not value:
@@ -266,15 +268,6 @@ class BatchProvider(ABC):
             lambda: self._acall(operation, fn), policy=self.retry, what=f"{self.name} {operation}"
         )
 
-    def redact(self, text: str) -> str:
-        return redact(text, [self._key])
-
-    # -- the dialect: rows -> requests -> bytes ---------------------------------------------------
-    def max_tokens_for(self, row: Mapping[str, Any]) -> int:
-        value = row.get("max_tokens")
-        return int(value) if value is not None else self.spec.max_tokens
-
-    @abstractmethod
     def _guarded(self, operation: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """A result download's chunks, with the API key removed (providers may quote it in error
         lines, and raw result files are kept in the ledger); a connection broken mid-stream
@@ -295,6 +288,15 @@ class BatchProvider(ABC):
         except Exception as exc:  # noqa: BLE001 - a broken download is a transient call failure
             raise from_sdk_exception(exc, provider=self.name, operation=operation, secrets=[self._key]) from None
 
+    def redact(self, text: str) -> str:
+        return redact(text, [self._key])
+
+    # -- the dialect: rows -> requests -> bytes ---------------------------------------------------
+    def max_tokens_for(self, row: Mapping[str, Any]) -> int:
+        value = row.get("max_tokens")
+        return int(value) if value is not None else self.spec.max_tokens
+
+    @abstractmethod
     def render_body(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The request body for one routed row (prompt or messages, system, max_tokens, template).
         Raises ValueError naming the field when the row cannot become a request."""
@@ -328,15 +330,6 @@ class BatchProvider(ABC):
     def list_batches(self, created_after: datetime) -> Iterator[BatchInfo]:
         """Batches created at or after `created_after`, newest first, every page."""
 
-    @abstractmethod
-    def cancel(self, batch_id: str) -> BatchInfo: ...
-
-    @abstractmethod
-    def result_sources(self, info: BatchInfo) -> list[str]:
-        """Names of the result streams a terminal batch has (OpenAI: output, errors; Anthropic: results)."""
-
-    @abstractmethod
-    def open_result_stream(self, info: BatchInfo, source: str) -> AbstractContextManager[Iterator[bytes]]:
     def cancel(self, batch_id: str) -> BatchInfo:
         """Cancel a batch; one that has already finished is read again instead.
 

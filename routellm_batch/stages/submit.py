@@ -102,8 +102,6 @@ class RunContext:
     sleep: Callable[[float], None] = time.sleep
     created: int = 0
     adopted: int = 0
-
-    @property
     duplicates: set[str] = field(default_factory=set)
     """Batches found tagged with this run but unknown to the ledger (see `sweep_duplicates`)."""
 
@@ -627,6 +625,7 @@ def _create(ctx: RunContext, record: ShardRecord) -> ShardRecord:
         try:
             if record.provider_input_file_id is None:
                 file_id = provider.upload_input(payload)
+                crash_point("upload.returned")
                 if file_id is not None:
                     record = ledger.update(record, provider_input_file_id=file_id)
         except TerminalProviderError as exc:
@@ -658,6 +657,7 @@ def _create(ctx: RunContext, record: ShardRecord) -> ShardRecord:
             wait = exc.retry_after if exc.retry_after is not None else random.uniform(0.5, 1.0) * policy.backoff(try_no)
             ctx.sleep(min(wait, policy.max_wait))
             continue
+        crash_point("create.answered")
         ctx.created += 1
         log.info("shard %s: created batch %s (%d requests)", record.shard_id, info.batch_id, record.row_count)
         return ledger.advance(
@@ -685,7 +685,6 @@ def _refused(ctx: RunContext, record: ShardRecord, exc: ProviderError) -> ShardR
     )
 
 
-        lag += min(0.0, remaining)  # a crash found long after: part of the lag has passed already
 def submit_pending(ctx: RunContext) -> list[ShardRecord]:
     """Reconcile every open intent, then create planned shards within the token budget."""
     ledger = ctx.ledger
@@ -704,7 +703,6 @@ def submit_pending(ctx: RunContext) -> list[ShardRecord]:
             key = (r.provider, r.model)
             if budget is not None and enqueued[key] > 0 and enqueued[key] + r.est_input_tokens > budget:
                 log.info("shard %s: waits for enqueued-token budget (%d + %d > %d)", r.shard_id, enqueued[key], r.est_input_tokens, budget)
-                crash_point("upload.returned")
                 out.append(r)
                 continue
             r = _create(ctx, r)
@@ -735,9 +733,9 @@ def sweep_duplicates(ctx: RunContext) -> list[str]:
         for b in provider.list_batches(since):
             if b.metadata.get("run_id") == ctx.run_id and b.batch_id not in known:
                 found.append(b.batch_id)
+                ctx.duplicates.add(b.batch_id)
                 log.error("run %s: batch %s (shard %s) is not in the ledger: a duplicate; %s",
                           ctx.run_id, b.batch_id, b.metadata.get("shard_id"),
-        crash_point("create.answered")
                           "already ended" if b.state.terminal else "cancelling it")  # fmt: skip
                 if not b.state.terminal:
                     provider.cancel(b.batch_id)
@@ -816,4 +814,3 @@ def run(args: argparse.Namespace) -> int:
     s = execute(config, args.run_date)
     print(s.render())
     return 1 if s.create_failures else 0
-                ctx.duplicates.add(b.batch_id)
