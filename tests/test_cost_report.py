@@ -3,7 +3,6 @@ and the table read back from Parquet equal to the Decimal amounts computed by ha
 
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from routellm_batch.config import RunConfig, parse_config
 from routellm_batch.providers.pricing import load_price_table
 from routellm_batch.schemas import arrow_schema
 from routellm_batch.stages import report
+from batch_sandbox_helpers import RUN_DATE, routed_row, write_routed
 
-RUN_DATE = date(2026, 11, 22)
 PRICES = load_price_table()
 MILLION = Decimal(1_000_000)
 HALF = Decimal("0.5")
@@ -102,7 +101,9 @@ def test_a_million_rows_total_to_the_exact_sum_of_their_costs(tmp_path):
     # Deterministic odd-ish counts, different per row.
     tokens_in = [(i * 7919) % 4099 + 1 for i in range(n)]
     tokens_out = [(i * 104729) % 1021 for i in range(n)]
+    cached = [t // 3 if i % 5 == 0 else 0 for i, t in enumerate(tokens_in)]  # part of the input, read from cache
     model = [models[i % 3 == 0] for i in range(n)]
+    zeros = pa.array([0] * n, pa.int64())
     table = pa.table(
         {
             "model": model,
@@ -112,6 +113,10 @@ def test_a_million_rows_total_to_the_exact_sum_of_their_costs(tmp_path):
             "status": ["succeeded"] * n,
             "input_tokens": pa.array(tokens_in, pa.int64()),
             "output_tokens": pa.array(tokens_out, pa.int64()),
+            "cached_input_tokens": pa.array(cached, pa.int64()),
+            "cache_write_5m_tokens": zeros,
+            "cache_write_1h_tokens": zeros,
+            "reasoning_tokens": zeros,
         }
     )
     rows = report.cost_rows(cfg, RUN_DATE, table)
@@ -119,23 +124,21 @@ def test_a_million_rows_total_to_the_exact_sum_of_their_costs(tmp_path):
     # By hand, one request at a time, then summed.
     expected = {m: Decimal(0) for m in models}
     price = {m: PRICES.price(m) for m in models}
-    for m, i, o in zip(model, tokens_in, tokens_out):
-        expected[m] += (i * price[m].input_per_mtok + o * price[m].output_per_mtok) * HALF / MILLION
+    for m, i, o, c in zip(model, tokens_in, tokens_out, cached):
+        p = price[m]
+        expected[m] += ((i - c) * p.input_per_mtok + c * p.cached_input_per_mtok + o * p.output_per_mtok) * HALF / MILLION
     for m in models:
         assert stored[m]["cost_usd"] == expected[m]
         assert stored[m]["requests"] == model.count(m)
     assert stored["all"]["cost_usd"] == expected["gpt-4.1"] + expected["claude-haiku-4-5"]
     assert stored["all"]["input_tokens"] == sum(tokens_in) and stored["all"]["requests"] == n
+    assert stored["all"]["cached_input_tokens"] == sum(cached)
 
 
 def write_partition(cfg: RunConfig, name: str, table: pa.Table) -> None:
     d = Path(cfg.table_uri(name)) / f"run_date={RUN_DATE.isoformat()}"
     d.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.drop_columns(["run_date"]), d / "part-00000.parquet")
-
-
-def routed_ids(cfg: RunConfig, ids: list[str]) -> pa.Table:
-    return pa.table({"prompt_id": ids, "run_date": [RUN_DATE.isoformat()] * len(ids)})
 
 
 def test_report_is_written_and_read_back_to_the_exact_amounts(tmp_path):
@@ -150,7 +153,7 @@ def test_report_is_written_and_read_back_to_the_exact_amounts(tmp_path):
         ],
     )
     write_partition(cfg, "responses", answers)
-    write_partition(cfg, "routed", routed_ids(cfg, answers["prompt_id"].to_pylist()))
+    write_routed(cfg, [routed_row(cfg, r["queue"], r["prompt_id"]) for r in answers.to_pylist()])
 
     summary = report.execute(cfg, RUN_DATE)
 

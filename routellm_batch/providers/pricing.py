@@ -6,6 +6,7 @@ Money is always `decimal.Decimal`; a float never touches a price or a cost.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,18 +17,22 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "CACHE_PRICE_KEYS",
     "CHARS_PER_TOKEN",
     "MESSAGE_OVERHEAD_TOKENS",
     "ModelPrice",
     "PriceTable",
     "PriceTableError",
     "SHIPPED_PRICE_TABLE",
+    "TokenUsage",
+    "USAGE_COLUMNS",
     "UnknownModelError",
     "batch_discount",
     "estimate_request_tokens",
     "estimate_tokens",
     "load_price_table",
     "price_table_for",
+    "require_prices",
     "stored_usd",
     "to_cents",
 ]
@@ -59,20 +64,113 @@ class UnknownModelError(LookupError):
         return str(self.args[0])
 
 
+# Billed token kinds besides plain input and output, each priced on its own (USD per million tokens):
+# price-table key -> what it bills. Anthropic's cache writes cost 1.25x (5-minute) or 2x (1-hour) the
+# input price and cache reads 0.1x; OpenAI's cached input has its own list price per model.
+CACHE_PRICE_KEYS = {
+    "cached_input": "cache reads (OpenAI cached_tokens, Anthropic cache_read_input_tokens)",
+    "cache_write_5m": "5-minute cache writes (Anthropic cache_creation_input_tokens)",
+    "cache_write_1h": "1-hour cache writes (Anthropic cache_creation.ephemeral_1h_input_tokens)",
+}
+# What each provider can bill, so a run fails before submission when its model lacks one of the prices.
+PRICE_KEYS_BILLED_BY = {
+    "openai": ("input", "output", "cached_input"),
+    "anthropic": ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h"),
+}
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Token counts of one request, or summed over many, as the responses table keeps them.
+
+    `input_tokens` counts every input token, cached or not (OpenAI's prompt_tokens; Anthropic's
+    input_tokens + cache_read_input_tokens + cache_creation_input_tokens); the three cache counts are
+    parts of it. `output_tokens` counts every output token; `reasoning_tokens` is a part of it, billed
+    as output and never again on its own."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return self.input_tokens - self.cached_input_tokens - self.cache_write_5m_tokens - self.cache_write_1h_tokens
+
+    def check(self, model: str) -> None:
+        counts = dataclasses.asdict(self)
+        negative = {k: v for k, v in counts.items() if v < 0}
+        if negative:
+            raise ValueError(f"{model}: token counts must be >= 0, got {negative}")
+        if self.uncached_input_tokens < 0:
+            raise ValueError(f"{model}: cached and cache-write tokens exceed the input tokens: {counts}")
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError(f"{model}: reasoning tokens exceed the output tokens: {counts}")
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)))
+
+    def without_cache_writes(self) -> TokenUsage:
+        """The same tokens with cache writes counted as plain input (where writes cost nothing extra)."""
+        return dataclasses.replace(self, cache_write_5m_tokens=0, cache_write_1h_tokens=0)
+
+
+# The usage columns of the responses and cost_report tables, named as TokenUsage's fields.
+USAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(TokenUsage))
+
+
 @dataclass(frozen=True)
 class ModelPrice:
-    """Online list price of one model, USD per million tokens."""
+    """Online list price of one model, USD per million tokens; None: the table gives no such price."""
 
     model: str
     input_per_mtok: Decimal
     output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None
+    cache_write_5m_per_mtok: Decimal | None = None
+    cache_write_1h_per_mtok: Decimal | None = None
+    version: str = "?"
 
-    def cost(self, input_tokens: int, output_tokens: int, discount: Decimal = Decimal(1)) -> Decimal:
-        """Exact USD cost of this many tokens at `discount` x the online price (1 = online)."""
-        if input_tokens < 0 or output_tokens < 0:
-            raise ValueError(f"{self.model}: token counts must be >= 0, got {input_tokens}, {output_tokens}")
-        per_million = input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok
+    def has(self, key: str) -> bool:
+        return key in ("input", "output") or getattr(self, f"{key}_per_mtok") is not None
+
+    def _rate(self, key: str, tokens: int) -> Decimal:
+        rate = getattr(self, f"{key}_per_mtok")
+        if rate is None:
+            if not tokens:
+                return Decimal(0)
+            raise UnknownModelError(
+                f"model {self.model!r} has no {key!r} price ({CACHE_PRICE_KEYS[key]}) in price table version "
+                f"{self.version!r}, yet {tokens} such token(s) were billed. Add it to the table and bump its version."
+            )
+        return rate
+
+    def cost(
+        self, input_tokens: int | TokenUsage, output_tokens: int = 0, discount: Decimal = Decimal(1)
+    ) -> Decimal:
+        """Exact USD cost at `discount` x the online price (1 = online): of `input_tokens` plain input and
+        `output_tokens` output, or of a TokenUsage (every kind at its own price)."""
+        usage = input_tokens if isinstance(input_tokens, TokenUsage) else TokenUsage(input_tokens, output_tokens)
+        usage.check(self.model)
+        per_million = (
+            usage.uncached_input_tokens * self.input_per_mtok
+            + usage.output_tokens * self.output_per_mtok
+            + usage.cached_input_tokens * self._rate("cached_input", usage.cached_input_tokens)
+            + usage.cache_write_5m_tokens * self._rate("cache_write_5m", usage.cache_write_5m_tokens)
+            + usage.cache_write_1h_tokens * self._rate("cache_write_1h", usage.cache_write_1h_tokens)
+        )
         return per_million * discount / _MILLION
+
+    def baseline_cost(self, usage: TokenUsage, discount: Decimal = Decimal(1)) -> Decimal:
+        """What `usage` (another model's tokens) would cost at this model's prices: a kind of token this
+        model has no price for counts as plain input (OpenAI bills a cache write as input)."""
+        if not self.has("cache_write_5m") or not self.has("cache_write_1h"):
+            usage = usage.without_cache_writes()
+        if not self.has("cached_input"):
+            usage = dataclasses.replace(usage, cached_input_tokens=0)
+        return self.cost(usage, discount=discount)
 
 
 @dataclass(frozen=True)
@@ -95,10 +193,22 @@ class PriceTable:
             ) from None
 
     def cost(
-        self, model: str, input_tokens: int, output_tokens: int, *, discount: Decimal = Decimal(1)
+        self, model: str, input_tokens: int | TokenUsage, output_tokens: int = 0, *, discount: Decimal = Decimal(1)
     ) -> Decimal:
         """Exact USD cost; pass `discount=batch_discount(config.pricing)` for batch requests."""
         return self.price(model).cost(input_tokens, output_tokens, discount)
+
+    def require(self, model: str, provider: str) -> ModelPrice:
+        """The price of `model`, with every kind of token its provider can bill (else UnknownModelError)."""
+        price = self.price(model)
+        lacking = [k for k in PRICE_KEYS_BILLED_BY.get(provider, ("input", "output")) if not price.has(k)]
+        if lacking:
+            raise UnknownModelError(
+                f"model {model!r} ({provider}) has no {', '.join(repr(k) for k in lacking)} price in price table "
+                f"version {self.version!r} ({self.source}); {provider} bills "
+                f"{'; '.join(CACHE_PRICE_KEYS[k] for k in lacking)} separately. Add it to the table and bump its version."
+            )
+        return price
 
 
 def _decimal(value: Any, where: str) -> Decimal:
@@ -148,12 +258,19 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
     if not isinstance(models_raw, dict) or not models_raw:
         raise PriceTableError(f"price table {source}: 'models' must map model names to {{input, output}}")
     models: dict[str, ModelPrice] = {}
+    allowed = {"input", "output", *CACHE_PRICE_KEYS}
     for name, spec in models_raw.items():
         where = f"price table {source} (version {version}): models.{name}"
-        if not isinstance(spec, dict) or set(spec) != {"input", "output"}:
-            raise PriceTableError(f"{where}: expected exactly {{input, output}} (USD per million tokens)")
+        if not isinstance(spec, dict) or not {"input", "output"} <= set(spec) or not set(spec) <= allowed:
+            raise PriceTableError(
+                f"{where}: expected {{input, output}} and optionally {', '.join(CACHE_PRICE_KEYS)} (USD per million tokens)"
+            )
         models[str(name)] = ModelPrice(
-            str(name), _decimal(spec["input"], f"{where}.input"), _decimal(spec["output"], f"{where}.output")
+            str(name),
+            _decimal(spec["input"], f"{where}.input"),
+            _decimal(spec["output"], f"{where}.output"),
+            *(_decimal(spec[k], f"{where}.{k}") if k in spec else None for k in CACHE_PRICE_KEYS),
+            version=version,
         )
     aliases_raw = raw.get("aliases") or {}
     if not isinstance(aliases_raw, dict):
@@ -171,6 +288,20 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
 def price_table_for(settings: Any) -> PriceTable:
     """The table a run uses (`config.pricing`: its price_table, or the shipped one)."""
     return load_price_table(settings.price_table)
+
+
+def require_prices(config: Any) -> PriceTable:
+    """The run's price table, checked to price every kind of token the strong and weak models' providers
+    can bill. Called before any work is sent (split, submit): a ConfigError naming the model and the price."""
+    from routellm_batch.config import ConfigError
+
+    try:
+        prices = price_table_for(config.pricing)
+        for spec in (config.strong, config.weak):
+            prices.require(spec.model, spec.provider)
+    except (PriceTableError, UnknownModelError) as exc:
+        raise ConfigError(f"pricing: {exc}") from None
+    return prices
 
 
 def batch_discount(settings: Any) -> Decimal:

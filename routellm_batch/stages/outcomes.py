@@ -27,6 +27,7 @@ from routellm_batch.config import RunConfig
 from routellm_batch.ledger import Ledger, atomic_output, filesystem_for
 from routellm_batch.providers.base import RequestResult, ResultStatus
 from routellm_batch.providers.errors import ErrorType
+from routellm_batch.providers.pricing import USAGE_COLUMNS
 from routellm_batch.schemas import arrow_schema
 
 __all__ = [
@@ -66,8 +67,7 @@ def result_row(base: Mapping[str, Any], result: RequestResult, *, max_attempts: 
         "status": result.status.value,
         "response_text": result.text,
         "finish_reason": result.finish_reason,
-        "input_tokens": result.input_tokens,
-        "output_tokens": result.output_tokens,
+        **{column: getattr(result, column) for column in USAGE_COLUMNS},
         "error_type": result.error_type.value if result.error_type else None,
         "error_message": message,
         "retryable": retryable,

@@ -3,7 +3,8 @@
 Light (pyarrow + Decimal arithmetic): runs on an Airflow worker without Spark. Before it prices
 anything it checks the run's central invariant: every routed prompt has exactly one final outcome.
 
-Per model (and one `all` row): requests billed, reported input/output tokens, the batch cost, and two
+Per model (and one `all` row): requests billed, reported tokens of every kind (input, cache reads,
+5-minute and 1-hour cache writes, output, reasoning; each priced at its own rate), the batch cost, and two
 baselines for the same tokens at the strong model's price: in batch (`baseline_all_strong_usd`) and
 online (`baseline_online_usd`, what answering everything with the strong model online would cost);
 `savings_usd` = online baseline - cost. The baselines price the weak model's reported token counts at
@@ -14,6 +15,7 @@ written answers of its own length); the cost itself is exact.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import date
@@ -27,10 +29,13 @@ import pyarrow.parquet as pq
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.stages import add_run_arguments
 from routellm_batch.ledger import atomic_output, filesystem_for
-from routellm_batch.providers.pricing import batch_discount, price_table_for, stored_usd
+from routellm_batch.providers.pricing import USAGE_COLUMNS, TokenUsage, batch_discount, price_table_for, stored_usd
 from routellm_batch.schemas import arrow_schema
 
-__all__ = ["OutcomeInvariantError", "ReportSummary", "add_arguments", "execute", "run"]
+__all__ = [
+    "OutcomeInvariantError", "QueueOutcomes", "ReportSummary", "add_arguments", "check_one_outcome_per_prompt", "cost_rows",
+    "execute", "queue_outcomes", "run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +44,78 @@ class OutcomeInvariantError(RuntimeError):
     """Some routed prompt has no final outcome, or more than one: nothing is reported."""
 
 
+FAILED_STATUSES = ("errored", "expired", "canceled")
+TOP_ERRORS = 3
+
+
+@dataclass(frozen=True)
+class QueueOutcomes:
+    """How one queue's prompts ended: rows per status and the most frequent error types."""
+
+    queue: str
+    succeeded: int = 0
+    errored: int = 0
+    expired: int = 0
+    canceled: int = 0
+    top_errors: tuple[tuple[str, int], ...] = ()
+    """(error_type, rows), most frequent first, at most TOP_ERRORS."""
+
+    @property
+    def failed(self) -> int:
+        return self.errored + self.expired + self.canceled
+
+    def render(self) -> str:
+        counts = ", ".join(f"{getattr(self, s)} {s}" for s in ("succeeded", *FAILED_STATUSES))
+        errors = f"; top errors: {', '.join(f'{e} {n}' for e, n in self.top_errors)}" if self.top_errors else ""
+        return f"{self.queue}: {counts}{errors}"
+
+
 @dataclass(frozen=True)
 class ReportSummary:
     run_id: str
     uri: str
     rows: list[dict]
     statuses: dict[str, int]
+    outcomes: dict[str, QueueOutcomes]
+    """Per queue (strong, weak): succeeded, errored, expired and canceled rows, top error types."""
 
     def render(self) -> str:
-        head = f"{'model':<20} {'queue':<6} {'requests':>8} {'in tok':>9} {'out tok':>9} {'cost $':>10} {'all-strong batch $':>19} {'all-strong online $':>20} {'saved $':>10}"
+        head = (
+            f"{'model':<20} {'queue':<6} {'requests':>8} {'in tok':>9} {'cached':>9} {'cache wr':>9} {'out tok':>9} "
+            f"{'reasoning':>9} {'cost $':>10} {'all-strong batch $':>19} {'all-strong online $':>20} {'saved $':>10}"
+        )
         lines = [f"cost report {self.run_id} (price table {self.rows[-1]['price_table_version']}):", head]
         for r in self.rows:
+            writes = r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]
             lines.append(
-                f"{r['model']:<20} {r['queue']:<6} {r['requests']:>8} {r['input_tokens']:>9} {r['output_tokens']:>9} "
-                f"{_usd(r['cost_usd']):>10} {_usd(r['baseline_all_strong_usd']):>19} "
-                f"{_usd(r['baseline_online_usd']):>20} {_usd(r['savings_usd']):>10}"
+                f"{r['model']:<20} {r['queue']:<6} {r['requests']:>8} {r['input_tokens']:>9} {r['cached_input_tokens']:>9} "
+                f"{writes:>9} {r['output_tokens']:>9} {r['reasoning_tokens']:>9} {_usd(r['cost_usd']):>10} "
+                f"{_usd(r['baseline_all_strong_usd']):>19} {_usd(r['baseline_online_usd']):>20} {_usd(r['savings_usd']):>10}"
             )
         lines.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())))
+        lines.extend(f"  {q.render()}" for q in self.outcomes.values())
         return "\n".join(lines)
 
 
 def _usd(amount: Decimal) -> str:
     # Printed to 1/100 of a cent so small runs show something; the table keeps the exact amounts.
     return str(amount.quantize(Decimal("0.0001")))
+
+
+def queue_outcomes(responses: pa.Table) -> dict[str, QueueOutcomes]:
+    """Rows per queue and status, and each queue's most frequent error types (ties by name)."""
+    counts = responses.group_by(["queue", "status"]).aggregate([("prompt_id", "count")]).to_pylist()
+    failed = responses.filter(pc.invert(pc.equal(responses["status"], "succeeded")))
+    errors = failed.group_by(["queue", "error_type"]).aggregate([("prompt_id", "count")]).to_pylist()
+    out = {}
+    for queue in sorted({c["queue"] for c in counts}):
+        by_status = {c["status"]: c["prompt_id_count"] for c in counts if c["queue"] == queue}
+        ranked = sorted(
+            ((e["error_type"] or "unknown", e["prompt_id_count"]) for e in errors if e["queue"] == queue),
+            key=lambda item: (-item[1], item[0]),
+        )
+        out[queue] = QueueOutcomes(queue, *(by_status.get(s, 0) for s in ("succeeded", *FAILED_STATUSES)), tuple(ranked[:TOP_ERRORS]))
+    return out
 
 
 def _read_partition(config: RunConfig, name: str, run_date: date, columns: list[str]) -> pa.Table:
@@ -89,30 +143,35 @@ def check_one_outcome_per_prompt(routed_ids: pa.ChunkedArray, response_ids: pa.C
         raise OutcomeInvariantError(f"{run_id}: " + "; ".join(problems))
 
 
+_MONEY = ("cost_usd", "baseline_all_strong_usd", "baseline_online_usd", "savings_usd")
+
+
 def cost_rows(config: RunConfig, run_date: date, responses: pa.Table) -> list[dict]:
+    """One row per (model, provider, queue) of succeeded requests, plus the `all` row (their sums).
+    Every kind of token is priced at its own rate; money is exact (Decimal) at the table's scale."""
     prices = price_table_for(config.pricing)
     discount = batch_discount(config.pricing)
     strong = prices.price(config.strong.model)
     billed = responses.filter(pc.equal(responses["status"], "succeeded"))
     grouped = billed.group_by(["model", "provider", "queue"]).aggregate(
-        [("prompt_id", "count"), ("input_tokens", "sum"), ("output_tokens", "sum")]
+        [("prompt_id", "count")] + [(c, "sum") for c in USAGE_COLUMNS]
     )
     rows = []
     for g in sorted(grouped.to_pylist(), key=lambda g: (g["queue"], g["model"])):
-        tokens_in, tokens_out = int(g["input_tokens_sum"] or 0), int(g["output_tokens_sum"] or 0)
-        cost = stored_usd(prices.cost(g["model"], tokens_in, tokens_out, discount=discount))
-        online = stored_usd(strong.cost(tokens_in, tokens_out))
+        usage = TokenUsage(**{c: int(g[f"{c}_sum"] or 0) for c in USAGE_COLUMNS})
+        cost = stored_usd(prices.cost(g["model"], usage, discount=discount))
+        online = stored_usd(strong.baseline_cost(usage))
         rows.append(
             {
                 "model": g["model"], "provider": g["provider"], "queue": g["queue"], "requests": g["prompt_id_count"],
-                "input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": cost,
-                "baseline_all_strong_usd": stored_usd(strong.cost(tokens_in, tokens_out, discount)),
+                **dataclasses.asdict(usage), "cost_usd": cost,
+                "baseline_all_strong_usd": stored_usd(strong.baseline_cost(usage, discount)),
                 "baseline_online_usd": online, "savings_usd": online - cost,
             }
         )
     total = {"model": "all", "provider": "all", "queue": "all"}
-    for key in ("requests", "input_tokens", "output_tokens", "cost_usd", "baseline_all_strong_usd", "baseline_online_usd", "savings_usd"):
-        total[key] = sum((r[key] for r in rows), Decimal(0) if key.endswith("_usd") else 0)
+    for key in ("requests", *USAGE_COLUMNS, *_MONEY):
+        total[key] = sum((r[key] for r in rows), Decimal(0) if key in _MONEY else 0)
     rows.append(total)
     for r in rows:
         r |= {"run_id": config.run_id(run_date), "price_table_version": prices.version, "run_date": run_date.isoformat()}
@@ -123,7 +182,7 @@ def execute(config: RunConfig, run_date: date) -> ReportSummary:
     run_id = config.run_id(run_date)
     routed = _read_partition(config, "routed", run_date, ["prompt_id"])
     responses = _read_partition(
-        config, "responses", run_date, ["prompt_id", "model", "provider", "queue", "status", "input_tokens", "output_tokens"]
+        config, "responses", run_date, ["prompt_id", "model", "provider", "queue", "status", "error_type", *USAGE_COLUMNS]
     )
     check_one_outcome_per_prompt(routed["prompt_id"], responses["prompt_id"], run_id)
     rows = cost_rows(config, run_date, responses)
@@ -137,7 +196,7 @@ def execute(config: RunConfig, run_date: date) -> ReportSummary:
     from routellm_batch.run_report import write_run_report  # pandas, jinja2: only when it runs
 
     write_run_report(config, run_date)
-    return ReportSummary(run_id, uri, rows, statuses)
+    return ReportSummary(run_id, uri, rows, statuses, queue_outcomes(responses))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,16 +23,14 @@ from datetime import date
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from routellm_batch.config import BudgetUSD, ConfigError, FixedThreshold, RunConfig, load_config
+from routellm_batch.config import BudgetUSD, FixedThreshold, RunConfig, load_config
 from routellm_batch.stages import add_run_arguments
 from routellm_batch.providers.pricing import (
     CHARS_PER_TOKEN,
     MESSAGE_OVERHEAD_TOKENS,
     PriceTable,
-    PriceTableError,
-    UnknownModelError,
     batch_discount,
-    price_table_for,
+    require_prices,
     to_cents,
 )
 
@@ -82,13 +80,7 @@ class SplitSummary:
 
 def _check_prices(config: RunConfig) -> tuple[PriceTable, Decimal]:
     # Before any Spark work: an unknown model or a broken price table is a config error.
-    try:
-        prices = price_table_for(config.pricing)
-        prices.price(config.strong.model)
-        prices.price(config.weak.model)
-    except (PriceTableError, UnknownModelError) as exc:
-        raise ConfigError(f"pricing: {exc}") from None
-    return prices, batch_discount(config.pricing)
+    return require_prices(config), batch_discount(config.pricing)
 
 
 def _estimate(

@@ -50,6 +50,7 @@ from routellm_batch.providers.errors import (
     StopRunError,
     TerminalProviderError,
 )
+from routellm_batch.providers.pricing import require_prices
 from routellm_batch.providers.registry import build_provider
 from routellm_batch.providers.retry import call_with_retries
 from routellm_batch.providers.sharding import PackedRequest, ShardLimits, ShardPacker, shard_id
@@ -781,6 +782,7 @@ def execute(
     providers: Mapping[str, BatchProvider] | None = None,
     provider_options: Mapping[str, Any] | None = None,
 ) -> SubmitSummary:
+    require_prices(config)  # a model the report could not price fails here, before anything is billed
     ctx = open_run(config, run_date, providers=providers, provider_options=provider_options)
     try:
         plans = [plan_queue(ctx, queue) for queue in QUEUES]
