@@ -914,3 +914,15 @@ def test_stopped_server_releases_its_port() -> None:
     srv.stop()
     with SandboxServer(tick_seconds=0, port=port) as again:
         assert again.port == port
+
+
+def test_list_lag_hides_a_new_batch_from_list_but_not_from_retrieve(clock: FakeClock) -> None:
+    faults = Faults(list_lag_seconds=2.0, list_lag_on=("*#1",))
+    with SandboxServer(faults=faults, tick_seconds=10.0, clock=clock) as srv:
+        oc, ac = oai(srv), ant(srv)
+        lagging = submit_openai(oc, [chat_line("a", "x")])
+        other = ac.messages.batches.create(requests=[anthropic_request("b", "x")])  # not a lagging one
+        assert [b.id for b in oc.batches.list().data] == [] and oc.batches.retrieve(lagging.id).id == lagging.id
+        assert [b.id for b in ac.messages.batches.list().data] == [other.id]
+        clock.advance(2.0)
+        assert [b.id for b in oc.batches.list().data] == [lagging.id]

@@ -516,3 +516,89 @@ def test_a_shard_the_provider_refuses_becomes_error_rows_with_its_reason(tmp_pat
             else:
                 assert r["error_type"] == "batch_validation_failed" and "too_many_requests" in r["error_message"]
         matrix("provider refuses the shard (limits above the provider's)", check_invariants(cfg, srv, [r["prompt_id"] for r in rows]))
+
+
+# -- a batch list that lags behind creates -------------------------------------------------------------
+
+
+def test_a_lagging_batch_list_never_leads_to_a_second_create(tmp_path: Path) -> None:
+    """Both creates' answers are lost and neither batch shows in `list` for 1.5 s: reconciliation
+    keeps listing for batch.list_lag_seconds and adopts each batch; nothing is created twice."""
+    faults = Faults(lose_create_on=("openai#1", "anthropic#1"), lose_create_mode="server_error", list_lag_seconds=1.5)
+    with sandbox(faults) as srv:
+        cfg = make_config(srv, tmp_path, max_requests=50, list_lag_seconds=3.0)
+        rows = simple_rows(cfg, 3, 3)
+        write_routed(cfg, rows)
+        s, w, c = run_all(cfg)
+        assert (s.batches_created, s.batches_adopted) == (0, 2)
+        assert len(srv.batches()) == 2 and all(b.lost_response for b in srv.batches())
+        assert w.duplicate_batches == [] and c.by_status == {"succeeded": 6}
+        matrix("lost creates + list lag 1.5 s (allowance 3 s)", check_invariants(cfg, srv, [r["prompt_id"] for r in rows]))
+
+
+class _SandboxTime:
+    """The sandbox's clock, moved only when our code waits (ctx.sleep): a deterministic timeline."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def _drive_openai_shard(tmp_path: Path, faults: Faults) -> tuple[Any, Any, Any]:
+    """One OpenAI shard through submit and wait, on sandbox time that moves only when we wait."""
+    clock = _SandboxTime()
+    srv = SandboxServer(responder=SyntheticResponder(seed=0), faults=faults, tick_seconds=1.0, clock=clock).start()
+    # list_lag_seconds=0: the client trusts the list at once, shorter than the provider's lag.
+    cfg = make_config(srv, tmp_path, max_requests=50, list_lag_seconds=0)
+    write_routed(cfg, simple_rows(cfg, 4, 0))
+    ctx = submit.open_run(cfg, RUN_DATE, provider_options=FAST)
+    ctx.sleep = clock.sleep
+    submit.plan_queue(ctx, "strong")
+    submit.plan_queue(ctx, "weak")
+    submit.submit_pending(ctx)
+    report, _ = wait.drive(ctx, timeout=None, poll_interval=0.05)
+    assert report.done
+    clock.sleep(2.0)  # a cancelled batch ends one tick after its cancel
+    return srv, ctx, cfg
+
+
+def test_a_duplicate_that_shows_in_the_list_late_is_cancelled_before_it_is_billed(tmp_path: Path) -> None:
+    """The first create's answer is lost and its batch stays out of the list for 2 s, longer than the
+    client allows: the shard is created again. The per-round sweep finds the late one while it
+    still runs and cancels it; only the ledger's batch is billed."""
+    faults = Faults(lose_create_on=("openai#1",), lose_create_mode="server_error", list_lag_seconds=2.0, list_lag_on=("openai#1",))
+    srv, ctx, cfg = _drive_openai_shard(tmp_path, faults)
+    try:
+        (rec,) = Ledger.for_run(cfg, RUN_DATE).records()
+        first, second = srv.batches()
+        assert first.lost_response and rec.batch_id == second.id  # a real duplicate: two batches, one shard
+        assert ctx.duplicates == {first.id} and first.status == "cancelled" and second.status == "completed"
+        billed = srv.billed()
+        assert set(billed.values()) == {1} and {cid for _, cid in billed} == set(second.custom_ids)
+        assert {b.batch_id for b in srv.billing()} == {second.id}
+    finally:
+        ctx.close()
+        srv.stop()
+
+
+def test_two_batches_found_for_one_intent_keep_the_oldest_and_cancel_the_other(tmp_path: Path) -> None:
+    """Two creates' answers are lost; the first batch lags in the list, so the second create goes
+    out. The next reconciliation sees both: the oldest is adopted, the spare cancelled unbilled."""
+    faults = Faults(lose_create_on=("openai#1-2",), lose_create_mode="server_error", list_lag_seconds=2.0, list_lag_on=("openai#1",))
+    srv, ctx, cfg = _drive_openai_shard(tmp_path, faults)
+    try:
+        (rec,) = Ledger.for_run(cfg, RUN_DATE).records()
+        first, second = srv.batches()
+        assert first.lost_response and second.lost_response
+        assert rec.batch_id == first.id and ctx.adopted == 1 and ctx.duplicates == {second.id}
+        assert (first.status, second.status) == ("completed", "cancelled")
+        assert {b.batch_id for b in srv.billing()} == {first.id} and set(srv.billed().values()) == {1}
+        assert srv.stats()["calls"]["openai.batches.cancel"] == 1  # the sweep does not cancel it again
+    finally:
+        ctx.close()
+        srv.stop()

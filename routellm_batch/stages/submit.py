@@ -522,6 +522,7 @@ def _reconcile_tagged(ctx: RunContext, record: ShardRecord, provider: BatchProvi
         # Two creates landed (the list lagged longer than batch.list_lag_seconds): cancel the spare
         # before it runs up a bill.
         log.error("shard %s: duplicate batch %s (keeping %s); cancelling it", record.shard_id, extra.batch_id, matches[0].batch_id)
+        ctx.duplicates.add(extra.batch_id)
         if not extra.state.terminal:
             provider.cancel(extra.batch_id)
     return _adopt(ctx, record, matches[0], verified=True, how="metadata run_id/shard_id")
