@@ -73,6 +73,48 @@ def main(argv: list[str] | None = None) -> int:
     except LeaseHeld as exc:
         print(f"routellm-batch {known.command}: {exc}", file=sys.stderr)
         return EXIT_LEASE_HELD
+    except Exception as exc:
+        line = user_error(exc)
+        if line is None or known.verbose:
+            raise  # a bug, or --verbose: the whole traceback
+        print(f"routellm-batch {known.command}: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+# Errors a user's input, config or machine causes, by class name (their modules are imported only
+# by the commands that raise them): one line each, never a traceback.
+_USER_ERRORS = frozenset({
+    "InputError", "QuarantineLimitExceeded", "MissingInput", "BudgetTooSmall", "OutcomeInvariantError",
+    "FileNotFoundError", "NotADirectoryError", "PermissionError",
+})  # fmt: skip
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one line to print for a mistake a user can make; None for anything else (a bug)."""
+    import os
+
+    name = type(exc).__name__
+    text = str(exc)
+    condition = getattr(exc, "getCondition", lambda: None)() or ""
+    if condition == "PATH_NOT_FOUND" or "[PATH_NOT_FOUND]" in text:
+        path = text.split("Path does not exist:", 1)[-1].split(". SQLSTATE", 1)[0].strip()
+        return f"the input does not exist: {path} (check input.uri and --run-date)"
+    if condition == "JAVA_GATEWAY_EXITED" or "[JAVA_GATEWAY_EXITED]" in text:
+        java_home = os.environ.get("JAVA_HOME")
+        where = f"JAVA_HOME={java_home} has no bin/java" if java_home and not os.path.exists(f"{java_home}/bin/java") else "Java did not start"
+        return f"Spark needs Java 17: {where}; install a JDK 17 and set JAVA_HOME to it (or put java on PATH)"
+    if isinstance(exc, _provider_error_class()):
+        hint = " (is the model's base_url right and reachable?)" if "connection error" in text.lower() else ""
+        return text.splitlines()[0] + hint
+    if name in _USER_ERRORS:
+        return " ".join(text.split())
+    return None
+
+
+def _provider_error_class() -> type[BaseException]:
+    from routellm_batch.providers.errors import ProviderError
+
+    return ProviderError
 
 
 def _lease(command: str, args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
