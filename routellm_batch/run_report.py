@@ -89,6 +89,8 @@ def _read_partition(config: RunConfig, table: str, run_date: date, columns: Sequ
         return None
     dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=True)
     fragments = list(dataset.get_fragments())
+    if not fragments:  # a partition folder with no data file (e.g. only Spark's _SUCCESS): no rows
+        return pd.DataFrame(columns=list(columns or ()))
     # Files written before a column was added lack it: unify so every column present anywhere is read.
     schema = pa.unify_schemas([f.physical_schema for f in fragments] + [dataset.schema], promote_options="permissive")
     dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive", schema=schema,
@@ -335,20 +337,31 @@ def _cost_png(cost: pd.DataFrame) -> bytes:
 
 
 def _scores_png(routed: pd.DataFrame, thresholds: list[float]) -> bytes:
+    scores = routed["strong_win_prob"].astype(float).to_numpy()
+    # Routers often score in a narrow band: zoom on the scores and the threshold, not on [0, 1].
+    lo, hi = min([scores.min(), *thresholds]), max([scores.max(), *thresholds])
+    pad = max(0.02, 0.05 * (hi - lo))
+    lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
+    width = (hi - lo) / 40
+    if len(thresholds) == 1 and lo < thresholds[0] < hi:
+        # a bin edge on the threshold: no bar mixes the two queues
+        lo = thresholds[0] - math.ceil((thresholds[0] - lo) / width) * width
+    bins = np.arange(lo, hi + width, width)
+
     def draw(fig: Figure) -> None:
         ax = fig.subplots()
-        bins = np.linspace(0.0, 1.0, 41)
         data, colours, labels = [], [], []
         for queue, colour in (("weak", WEAK_COLOUR), ("strong", STRONG_COLOUR)):
-            scores = routed.loc[routed["queue"] == queue, "strong_win_prob"].astype(float).to_numpy()
-            data.append(scores)
+            in_queue = routed.loc[routed["queue"] == queue, "strong_win_prob"].astype(float).to_numpy()
+            data.append(in_queue)
             colours.append(colour)
-            labels.append(f"{queue} queue ({len(scores):,})")
+            labels.append(f"{queue} queue ({len(in_queue):,})")
         ax.hist(data, bins=bins, stacked=True, color=colours, label=labels)
         for t in thresholds:
             ax.axvline(t, color="black", linestyle="--", linewidth=1.2)
             ax.annotate(f" threshold {t:.3f}", (t, 0.95), xycoords=("data", "axes fraction"), fontsize=9)
-        ax.set_xlim(0, 1)
+        ax.set_xlim(lo, hi)
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("strong_win_prob (router score)")
         ax.set_ylabel("prompts")
         ax.legend(fontsize=8, frameon=False, loc="upper right")
@@ -390,9 +403,10 @@ def _quality_png(quality: _Quality, thresholds: list[float]) -> bytes:
         run_label = f"this run (threshold {threshold})"
         by_share.plot(100 * f.strong_share, 100 * f.accuracy_routed, "*", color="black", markersize=14, label=run_label)
         by_cost.plot(f.cost_usd, 100 * f.accuracy_routed, "*", color="black", markersize=14)
-        for x, name in ((f.all_weak_cost_usd, "all-weak"), (f.all_strong_cost_usd, "all-strong")):
-            acc = f.accuracy_all_weak if name == "all-weak" else f.accuracy_all_strong
-            by_cost.annotate(name, (x, 100 * acc), textcoords="offset points", xytext=(4, -12), fontsize=8)
+        # all-weak below-right of its end (the curves leave it upwards), all-strong above-right of its end
+        for x, acc, name, offset in ((f.all_weak_cost_usd, f.accuracy_all_weak, "all-weak", (8, -10)),
+                                     (f.all_strong_cost_usd, f.accuracy_all_strong, "all-strong", (4, 4))):
+            by_cost.annotate(name, (x, 100 * acc), textcoords="offset points", xytext=offset, fontsize=8)
         by_share.set_xlabel("prompts sent to the strong model (%)")
         by_cost.set_xlabel("batch cost of these prompts (USD)")
         for ax in (by_share, by_cost):
@@ -406,26 +420,30 @@ def _quality_png(quality: _Quality, thresholds: list[float]) -> bytes:
 def _timeline_png(shards: list[dict[str, Any]]) -> bytes:
     shown = shards[:TIMELINE_ROWS]
     t0 = min(s["start"] for s in shown)
+    span = max((s["collected"] or s["end"] or s["updated"]) - t0 for s in shown).total_seconds()
+    # A demo's batches end in seconds, a real night's in hours: pick the unit that reads.
+    unit, per = ("seconds", 1.0) if span < 120 else ("minutes", 60.0) if span < 3 * 3600 else ("hours", 3600.0)
 
-    def minutes(t: datetime | None) -> float:
-        return (t - t0).total_seconds() / 60.0 if t is not None else math.nan
+    def at(t: datetime | None) -> float:
+        return (t - t0).total_seconds() / per if t is not None else math.nan
 
     def draw(fig: Figure) -> None:
         ax = fig.subplots()
         for y, s in enumerate(shown):
-            start, end = minutes(s["start"]), minutes(s["end"] or s["updated"])
+            start, end = at(s["start"]), at(s["end"] or s["updated"])
             colour = STATE_COLOURS.get(s["outcome"], STATE_COLOURS["in flight"])
             ax.barh(y, max(end - start, 1e-3), left=start, color=colour, hatch="//" if s["attempt"] > 1 else None,
                     edgecolor="white")
             if s["collected"] is not None:
-                ax.plot(minutes(s["collected"]), y, "|", color="black", markersize=10)
+                ax.plot(at(s["collected"]), y, "|", color="black", markersize=10)
         ax.set_yticks(range(len(shown)), [s["label"] for s in shown], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("minutes since the first batch was submitted")
+        ax.set_xlabel(f"{unit} since the first batch was submitted")
         from matplotlib.patches import Patch
 
         legend = [Patch(color=c, label=k) for k, c in STATE_COLOURS.items() if any(s["outcome"] == k for s in shown)]
-        legend.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="retry attempt"))
+        if any(s["attempt"] > 1 for s in shown):
+            legend.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="retry attempt"))
         ax.legend(handles=legend, fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
         _style(ax)
 

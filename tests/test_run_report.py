@@ -372,6 +372,21 @@ def test_report_renders_with_no_row_in_the_strong_queue(tmp_path):
     assert_renders_in_browser(index, tmp_path)
 
 
+def test_report_renders_before_any_table_or_row_exists(tmp_path):
+    config = demo_config(tmp_path)
+    empty_routed = Path(config.table_uri("routed")) / f"run_date={RUN_DATE}"
+    empty_routed.mkdir(parents=True)
+    (empty_routed / "_SUCCESS").touch()  # what Spark leaves for an empty partition
+    result = write_run_report(config, RUN_DATE)
+
+    page = Path(result.uri).read_text()
+    assert result.files == (result.uri,) and result.quality.prompts == 0
+    for missing in ("No cost_report table", "No responses table", "No routed prompts", "No quarantine table",
+                    "No batches recorded"):
+        assert missing in page
+    assert "No routed prompt of this run has a known outcome" in page
+
+
 def test_report_stage_writes_the_run_report_beside_the_tables(tmp_path):
     config = demo_config(tmp_path)
     demo_run(config)
