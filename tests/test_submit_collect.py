@@ -329,9 +329,11 @@ def test_rate_limits_and_server_errors_on_every_call_are_retried_without_duplica
         seed=3,
         rate_limit_share=0.2,
         server_error_share=0.1,
+        overloaded_share=0.1,  # Anthropic 529 / OpenAI 503, with Retry-After
         # A 500 on create is ambiguous: reconciled (nothing found) before the create is tried again.
         server_error_on=("openai.batches.create#2", "anthropic.batches.create#1", "*.retrieve#3", "openai.files.content#1"),
         rate_limit_on=("anthropic.batches.create#2",),
+        overloaded_on=("anthropic.batches.retrieve#2",),
     )
     with sandbox(faults) as srv:
         cfg = make_config(srv, tmp_path, max_requests=6)
@@ -339,10 +341,10 @@ def test_rate_limits_and_server_errors_on_every_call_are_retried_without_duplica
         write_routed(cfg, rows)
         _, _, c = run_all(cfg)
         injected = srv.stats()["faults_injected"]
-        assert injected.get("rate_limit", 0) > 0 and injected.get("server_error", 0) > 0
+        assert injected.get("rate_limit", 0) > 0 and injected.get("server_error", 0) > 0 and injected.get("overloaded", 0) > 0
         assert c.by_status == {"succeeded": 34}
         assert len(srv.batches()) == len(Ledger.for_run(cfg, RUN_DATE).records())
-        matrix("429 (20%) and 500 (10% + on creates) on every endpoint", check_invariants(cfg, srv, [r["prompt_id"] for r in rows]))
+        matrix("429 (20%), 529/503 overloaded (10%) and 500 (10% + on creates) on every endpoint", check_invariants(cfg, srv, [r["prompt_id"] for r in rows]))
 
 
 def test_rows_that_cannot_become_requests_are_terminal_error_rows(tmp_path: Path) -> None:
@@ -602,3 +604,33 @@ def test_two_batches_found_for_one_intent_keep_the_oldest_and_cancel_the_other(t
     finally:
         ctx.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_used_up_quota_stops_the_run_at_the_first_answer_with_a_clear_message(tmp_path: Path, provider: str) -> None:
+    from routellm_batch.providers.errors import QuotaExhaustedError
+
+    endpoint = "openai.batches.create" if provider == "openai" else "anthropic.batches.create"
+    with sandbox(Faults(quota_exceeded_on=(endpoint,))) as srv:
+        cfg = make_config(srv, tmp_path, max_requests=50)
+        write_routed(cfg, simple_rows(cfg, 3 if provider == "openai" else 0, 3 if provider == "anthropic" else 0))
+        with pytest.raises(QuotaExhaustedError, match="quota or spend limit is used up") as exc:
+            submit.execute(cfg, RUN_DATE, provider_options=FAST)
+        assert srv.stats()["calls"][endpoint] == 1 and srv.batches() == []  # not retried, nothing created
+        assert FAKE_KEY not in str(exc.value)
+        (rec,) = Ledger.for_run(cfg, RUN_DATE).records()
+        assert rec.state is ShardState.PLANNED and rec.error_type == "billing"  # a re-run, once the limit is raised, creates it
+
+
+def test_a_rejected_key_quoted_back_by_the_provider_reaches_no_exception_or_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """OpenAI's 401 says "Incorrect API key provided: <the key>": our error names the failure, not the key."""
+    from routellm_batch.providers.errors import CredentialsError
+
+    caplog.set_level(logging.DEBUG)
+    with sandbox(Faults(rejected_api_keys=(FAKE_KEY,))) as srv:
+        cfg = make_config(srv, tmp_path)
+        write_routed(cfg, simple_rows(cfg, 2, 0))
+        with pytest.raises(CredentialsError, match=r"HTTP 401: invalid_request_error: Incorrect API key provided: \[redacted\]") as exc:
+            submit.execute(cfg, RUN_DATE, provider_options=FAST)
+    assert FAKE_KEY not in str(exc.value) and FAKE_KEY not in repr(exc.value.args)
+    assert FAKE_KEY not in caplog.text and files_containing(tmp_path, FAKE_KEY) == []
