@@ -88,6 +88,9 @@ def test_demo_run_accounts_for_every_row_and_a_second_run_does_no_work(demo_conf
     assert tables_on_disk(root) == before  # not one table file written
     assert sandbox_account(demo_config) == (batches, billed)
     assert "cost report demo/2026-11-22" in again.texts[-1]
+    summary = run_stage.summary_table(demo_config, RUN_DATE)
+    assert "rows in                                   204" in summary and "routed strong / weak                      60 / 140" in summary
+    assert "succeeded / errored / expired / canceled  200 / 0 / 0 / 0" in summary and "cost vs all-strong online (USD)" in summary
 
     # --from-stage report: only the report is made again, from the same responses, to the same amounts.
     redo = run_stage.execute(demo_config, RUN_DATE, from_stage="report")

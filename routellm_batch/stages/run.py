@@ -34,7 +34,7 @@ from routellm_batch.lease import run_lease
 from routellm_batch.ledger import Ledger, atomic_output, filesystem_for, utcnow
 from routellm_batch.stages import add_run_arguments
 
-__all__ = ["STAGES", "RunResult", "StageOutcome", "add_arguments", "execute", "run", "sandboxed"]
+__all__ = ["QUALITY_HOOK", "STAGES", "RunResult", "StageOutcome", "add_arguments", "execute", "run", "sandboxed", "summary_table"]
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,53 @@ def _input_listing(config: RunConfig, run_date: date) -> str | None:
     return listing_fingerprint(uri)
 
 
+# -- the summary ---------------------------------------------------------------------------------------
+
+
+def _partition(config: RunConfig, run_date: date, name: str, columns: list[str]) -> list[dict[str, Any]]:
+    import pyarrow.dataset as ds
+
+    fs, path = filesystem_for(f"{config.table_uri(name)}/run_date={run_date.isoformat()}")
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    return dataset.to_table(columns=[c for c in columns if c in dataset.schema.names]).to_pylist()
+
+
+QUALITY_HOOK: Callable[[RunConfig, date], str | None] = lambda config, run_date: None  # noqa: E731
+"""Quality against all-strong when outcomes are known (set by the quality code); None: unknown."""
+
+
+def summary_table(config: RunConfig, run_date: date) -> str:
+    """One table a person reads at the end of a run, from the tables themselves."""
+    from collections import Counter
+    from decimal import Decimal
+
+    quarantined = len(_partition(config, run_date, "quarantine", ["prompt_id"]))
+    routed = Counter(r["queue"] for r in _partition(config, run_date, "routed", ["queue"]))
+    statuses = Counter(r["status"] for r in _partition(config, run_date, "responses", ["status"]))
+    cost = {r["model"]: r for r in _partition(config, run_date, "cost_report", ["model", "cost_usd", "baseline_all_strong_usd", "baseline_online_usd"])}
+    rows = [
+        ("rows in", f"{quarantined + sum(routed.values())}"),
+        ("quarantined", f"{quarantined}"),
+        ("routed strong / weak", f"{routed.get('strong', 0)} / {routed.get('weak', 0)}"),
+        ("succeeded / errored / expired / canceled",
+         " / ".join(str(statuses.get(k, 0)) for k in ("succeeded", "errored", "expired", "canceled"))),
+    ]  # fmt: skip
+    total = cost.get("all")
+    if total:
+        spent = Decimal(total["cost_usd"])
+        for label, key in (("all-strong batch", "baseline_all_strong_usd"), ("all-strong online", "baseline_online_usd")):
+            base = Decimal(total[key])
+            saved = f"{(base - spent) / base:.1%}" if base else "n/a"
+            rows.append((f"cost vs {label} (USD)", f"{spent:.4f} vs {base:.4f}: {base - spent:.4f} saved ({saved})"))
+    rows.append(("quality vs all-strong", QUALITY_HOOK(config, run_date) or "unknown (no graded outcomes)"))
+    for name in ("prompts", "quarantine", "routed", "responses", "cost_report"):
+        rows.append((f"table {name}", f"{config.table_uri(name)}/run_date={run_date.isoformat()}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"run {config.run_id(run_date)}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
 # -- CLI -----------------------------------------------------------------------------------------------
 
 
@@ -298,5 +345,6 @@ def run(args: argparse.Namespace) -> int:
         print(text, end="\n\n", flush=True)
     if result.skipped:
         print(f"already complete, skipped: {', '.join(result.skipped)}")
-    print(f"tables under {config.output_root}: prompts, quarantine, routed, responses, cost_report, ledger")
+    if result.complete:
+        print(summary_table(config, args.run_date))
     return 0 if result.complete else 3
