@@ -11,9 +11,9 @@ import hashlib
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
-from routellm_batch.sandbox.responders import Answer, ChatRequest, UnknownPrompt, prompt_tokens
+from routellm_batch.sandbox.responders import Answer, ChatRequest, PromptCache, UnknownPrompt, prompt_tokens
 from routellm_batch.sandbox.store import (
     ApiCall,
     ApiError,
@@ -54,6 +54,38 @@ def _text(content: Any, where: str) -> str:
     raise ValueError(f"{where}: Input should be a valid string or list of content blocks")
 
 
+def _cache_control(content: Any, where: str) -> str | None:
+    """The TTL of the last `cache_control` breakpoint among a content's blocks ("5m" or "1h"), if any."""
+    ttl = None
+    for i, block in enumerate(content if isinstance(content, list) else []):
+        control = block.get("cache_control")
+        if control is None:
+            continue
+        if not isinstance(control, dict) or control.get("type") != "ephemeral" or control.get("ttl", "5m") not in ("5m", "1h"):
+            raise ValueError(f"{where}.{i}.cache_control: expected {{type: ephemeral, ttl: 5m | 1h}}")
+        ttl = control.get("ttl", "5m")
+    return ttl
+
+
+def _cache_breakpoint(params: dict[str, Any]) -> tuple[int | None, Literal["5m", "1h"]]:
+    """How many leading prompt parts (system first) the last cache_control breakpoint covers, and its TTL."""
+    system = params.get("system")
+    marks = [_cache_control(system, "system")] if system is not None else []
+    marks += [_cache_control(m.get("content"), f"messages.{i}.content") for i, m in enumerate(params["messages"])]
+    last = max((i for i, ttl in enumerate(marks) if ttl), default=None)
+    return (None, "5m") if last is None else (last + 1, marks[last])  # type: ignore[return-value]
+
+
+def _thinking_budget(params: dict[str, Any]) -> int | None:
+    thinking = params.get("thinking")
+    if thinking is None or (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
+        return None
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled" or not isinstance(budget, int) or budget < 1024:
+        raise ValueError("thinking: expected {type: enabled, budget_tokens: integer >= 1024}")
+    return budget
+
+
 def _chat_request(params: dict[str, Any]) -> ChatRequest:
     """The neutral request, or ValueError in the Messages API's words (-> an errored result)."""
     model = params.get("model")
@@ -71,16 +103,20 @@ def _chat_request(params: dict[str, Any]) -> ChatRequest:
             raise ValueError(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         pairs.append((m["role"], _text(m.get("content"), f"messages.{i}.content")))
     system = params.get("system")
+    breakpoint_, ttl = _cache_breakpoint(params)
     return ChatRequest(
         provider="anthropic",
         model=model,
         messages=tuple(pairs),
         system=_text(system, "system") if system is not None else None,
         max_tokens=max_tokens,
+        cache_breakpoint=breakpoint_,
+        cache_ttl=ttl,
+        thinking_budget=_thinking_budget(params),
     )
 
 
-def _plan(store: SandboxStore, custom_id: str, params: Any) -> RequestPlan:
+def _plan(store: SandboxStore, custom_id: str, params: Any, cache: PromptCache) -> RequestPlan:
     model = params.get("model") if isinstance(params, dict) else None
     model = model if isinstance(model, str) else ""
     try:
@@ -90,7 +126,7 @@ def _plan(store: SandboxStore, custom_id: str, params: Any) -> RequestPlan:
     except ValueError as exc:
         return RequestPlan(custom_id, model, PlannedError("invalid_request", str(exc)))
     try:
-        outcome: Answer | PlannedError = store.responder.respond(request)
+        outcome: Answer | PlannedError = cache.apply(request, store.responder.respond(request))
     except UnknownPrompt as exc:
         outcome = PlannedError("invalid_request", str(exc))
     return RequestPlan(custom_id, model, outcome, prompt_tokens(request))
@@ -116,7 +152,8 @@ def batches_create(store: SandboxStore, call: ApiCall) -> ApiResponse:
         if "params" not in r:
             raise ApiError(400, "invalid_request", f"requests.{i}.params: Field required")
     # The responder runs outside the lock.
-    plans = [_plan(store, r["custom_id"], r["params"]) for r in requests]
+    cache = PromptCache()  # one batch's requests, in order, share the provider's prompt cache
+    plans = [_plan(store, r["custom_id"], r["params"], cache) for r in requests]
     with store.lock:
         seq = store.next_seq_locked("anthropic")
         now = store.now()
@@ -262,6 +299,17 @@ def _result_type(ln: FinalLine) -> str:
     return {"expired": "expired", "canceled": "canceled"}.get(o.kind, "errored")
 
 
+def _content(b: BatchRecord, ln: FinalLine, o: Answer) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    if o.reasoning_tokens:
+        # Thinking is billed as output and not counted apart in usage; its text is summarized.
+        signature = hashlib.sha256(f"thinking\x00{b.id}\x00{ln.custom_id}".encode()).hexdigest()
+        blocks.append({"type": "thinking", "thinking": f"({o.reasoning_tokens} tokens of thinking)", "signature": signature})
+    if o.text or not blocks:
+        blocks.append({"type": "text", "text": o.text})
+    return blocks
+
+
 def _result(b: BatchRecord, ln: FinalLine) -> dict[str, Any]:
     o = ln.outcome
     kind = _result_type(ln)
@@ -271,14 +319,19 @@ def _result(b: BatchRecord, ln: FinalLine) -> dict[str, Any]:
             "type": "message",
             "role": "assistant",
             "model": ln.model,
-            "content": [{"type": "text", "text": o.text}],
+            "content": _content(b, ln, o),
             "stop_reason": "max_tokens" if o.truncated else "end_turn",
             "stop_sequence": None,
+            # Anthropic's input_tokens leave out the cache reads and writes (the project's include them).
             "usage": {
-                "input_tokens": o.input_tokens,
+                "input_tokens": o.input_tokens - o.cached_input_tokens - o.cache_write_5m_tokens - o.cache_write_1h_tokens,
                 "output_tokens": o.output_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": o.cache_write_5m_tokens + o.cache_write_1h_tokens,
+                "cache_read_input_tokens": o.cached_input_tokens,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": o.cache_write_5m_tokens,
+                    "ephemeral_1h_input_tokens": o.cache_write_1h_tokens,
+                },
                 "service_tier": "batch",
             },
         }

@@ -12,7 +12,7 @@ import json
 from email.message import Message
 from typing import Any
 
-from routellm_batch.sandbox.responders import Answer, ChatRequest, UnknownPrompt, prompt_tokens
+from routellm_batch.sandbox.responders import Answer, ChatRequest, PromptCache, UnknownPrompt, prompt_tokens
 from routellm_batch.sandbox.store import (
     ApiCall,
     ApiError,
@@ -225,6 +225,7 @@ def _parse_input(store: SandboxStore, content: bytes, endpoint: str) -> tuple[li
     plans: list[RequestPlan] = []
     model: str | None = None
     seen: set[str] = set()
+    cache = PromptCache()
 
     def err(code: str, message: str, line: int | None, param: str | None = None) -> None:
         if len(errors) < _MAX_ERRORS:
@@ -281,7 +282,7 @@ def _parse_input(store: SandboxStore, content: bytes, endpoint: str) -> tuple[li
             plans.append(RequestPlan(cid, line_model, PlannedError("invalid_request", str(exc))))
             continue
         try:
-            outcome: Answer | PlannedError = store.responder.respond(request)
+            outcome: Answer | PlannedError = cache.apply(request, store.responder.respond(request))
         except UnknownPrompt as exc:
             outcome = PlannedError("invalid_request", str(exc))
         plans.append(RequestPlan(cid, line_model, outcome, prompt_tokens(request)))
@@ -411,8 +412,9 @@ def batch_object(store: SandboxStore, b: BatchRecord, just_created: bool = False
         return int(created + step * tick) if reached >= step else None
 
     ok_lines = [ln for ln in b.lines if ln.processed and isinstance(ln.outcome, Answer)]
-    usage_in = sum(ln.outcome.input_tokens for ln in ok_lines if isinstance(ln.outcome, Answer))
-    usage_out = sum(ln.outcome.output_tokens for ln in ok_lines if isinstance(ln.outcome, Answer))
+    answers = [ln.outcome for ln in ok_lines if isinstance(ln.outcome, Answer)]
+    usage_in = sum(a.input_tokens for a in answers)
+    usage_out = sum(a.output_tokens for a in answers)
     failed = b.fate in ("validation_failed", "token_limit")
     ended = int(b.ended_wall) if b.ended_wall is not None else None
     return {
@@ -442,9 +444,9 @@ def batch_object(store: SandboxStore, b: BatchRecord, just_created: bool = False
         },
         "usage": {
             "input_tokens": usage_in,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": sum(a.cached_input_tokens for a in answers)},
             "output_tokens": usage_out,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": sum(a.reasoning_tokens for a in answers)},
             "total_tokens": usage_in + usage_out,
         },
         "metadata": b.metadata,
@@ -511,9 +513,9 @@ def _line(b: BatchRecord, ln: FinalLine, created: int) -> dict[str, Any]:
                 "prompt_tokens": o.input_tokens,
                 "completion_tokens": o.output_tokens,
                 "total_tokens": o.input_tokens + o.output_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "prompt_tokens_details": {"cached_tokens": o.cached_input_tokens, "audio_tokens": 0},
                 "completion_tokens_details": {
-                    "reasoning_tokens": 0,
+                    "reasoning_tokens": o.reasoning_tokens,
                     "audio_tokens": 0,
                     "accepted_prediction_tokens": 0,
                     "rejected_prediction_tokens": 0,

@@ -67,15 +67,20 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+_USAGE_DETAILS = ("cached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens")
+
+
 def _outcome(o: Answer | PlannedError) -> list[Any]:
     if isinstance(o, Answer):
-        return ["a", o.text, o.input_tokens, o.output_tokens, o.truncated]
+        return ["a", o.text, o.input_tokens, o.output_tokens, o.truncated, *(getattr(o, k) for k in _USAGE_DETAILS)]
     return ["e", o.kind, o.message]
 
 
 def _outcome_from(x: list[Any]) -> Answer | PlannedError:
     if x[0] == "a":
-        return Answer(text=x[1], input_tokens=int(x[2]), output_tokens=int(x[3]), truncated=bool(x[4]))
+        # State saved before the usage details were kept has none: zeros, as it reported then.
+        details = {k: int(v) for k, v in zip(_USAGE_DETAILS, x[5:])}
+        return Answer(text=x[1], input_tokens=int(x[2]), output_tokens=int(x[3]), truncated=bool(x[4]), **details)
     return PlannedError(x[1], x[2])
 
 

@@ -4,11 +4,19 @@ A responder turns one neutral `ChatRequest` into an `Answer` (text plus token us
 raises `UnknownPrompt` when it has nothing to say (the server turns that into an
 invalid_request_error result line for that request only). Same request -> same answer.
 
+Usage is as uneven as the real APIs' (so the cost account is exercised): reasoning models (gpt-5*,
+o-series; Claude with `thinking` enabled) spend hidden reasoning tokens inside max_tokens, and may
+spend all of it (an empty answer, finish_reason length); a `PromptCache` per batch makes a request
+whose leading messages an earlier request of the batch already sent read them from the cache
+(OpenAI: automatic, from 1,024 tokens in steps of 128; Anthropic: only up to a `cache_control`
+breakpoint, written first at 1.25x / 2x, read after at 0.1x).
+
 Light module: pandas / pyarrow are imported only inside `ReplayResponder`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import re
@@ -23,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Answer",
     "ChatRequest",
+    "PromptCache",
     "ReplayResponder",
     "Responder",
     "SyntheticResponder",
@@ -49,6 +58,11 @@ class ChatRequest:
     """(role, text) pairs, in order; list-of-blocks contents are joined into their text."""
     system: str | None = None
     max_tokens: int | None = None
+    cache_breakpoint: int | None = None
+    """Anthropic `cache_control`: the prefix of this many leading parts (system first) is cacheable."""
+    cache_ttl: Literal["5m", "1h"] = "5m"
+    thinking_budget: int | None = None
+    """Anthropic extended thinking (`thinking.budget_tokens`) when enabled."""
 
     @property
     def prompt(self) -> str:
@@ -59,21 +73,34 @@ class ChatRequest:
         return self.messages[-1][1] if self.messages else ""
 
 
+def _parts(request: ChatRequest) -> list[str]:
+    """The prompt's parts in the order a cache sees them: the system prompt, then each message."""
+    return ([request.system] if request.system else []) + [text for _role, text in request.messages]
+
+
+def _tokens_of(parts: Sequence[str]) -> int:
+    return 3 + sum(4 + count_tokens(text) for text in parts)
+
+
 def prompt_tokens(request: ChatRequest) -> int:
     """Input tokens as billed: message texts plus a small per-message overhead."""
-    total = 3 + sum(4 + count_tokens(text) for _role, text in request.messages)
-    if request.system:
-        total += 4 + count_tokens(request.system)
-    return total
+    return _tokens_of(_parts(request))
 
 
 @dataclass(frozen=True)
 class Answer:
+    """One answer and its usage, in the project's vocabulary: `input_tokens` are all input tokens (the
+    cache counts are parts of them), `output_tokens` all output tokens (reasoning_tokens a part)."""
+
     text: str
     input_tokens: int
     output_tokens: int
     truncated: bool
     """True when max_tokens cut the text (finish_reason length / stop_reason max_tokens)."""
+    cached_input_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class UnknownPrompt(LookupError):
@@ -84,17 +111,92 @@ class Responder(Protocol):
     def respond(self, request: ChatRequest) -> Answer: ...
 
 
+_REASONING_MODEL = re.compile(r"^(gpt-5|o\d)")
+# Hidden reasoning per request (a deterministic draw): from a short thought to more than a small
+# max_tokens holds, so some answers come back empty with finish_reason length, as they do for real.
+_REASONING_RANGE = (16, 800)
+
+
+def reasoning_tokens(request: ChatRequest) -> int:
+    """Reasoning tokens this request spends before answering (0 for a model that does not reason)."""
+    if request.provider == "anthropic":
+        budget = request.thinking_budget
+        if not budget:
+            return 0
+    elif not _REASONING_MODEL.match(request.model):
+        return 0
+    else:
+        budget = None
+    key = repr(("reasoning", request.model, request.system, request.messages)).encode()
+    drawn = random.Random(hashlib.sha256(key).digest()).randint(*_REASONING_RANGE)
+    return min(drawn, budget) if budget else drawn
+
+
 def _finish(request: ChatRequest, text: str) -> Answer:
-    """Usage from the texts; cut the answer at max_tokens like a real model would."""
+    """Usage from the texts; reasoning first, then the answer cut at what is left of max_tokens."""
+    thought = reasoning_tokens(request)
+    limit = request.max_tokens
+    if limit is not None and thought >= limit:
+        # The reasoning used the whole budget: billed, and nothing to show for it.
+        return Answer("", prompt_tokens(request), limit, truncated=True, reasoning_tokens=limit)
+    visible = None if limit is None else limit - thought
     tokens = list(_TOKEN.finditer(text))
-    truncated = request.max_tokens is not None and len(tokens) > request.max_tokens
+    truncated = visible is not None and len(tokens) > visible
     if truncated:
-        assert request.max_tokens is not None
-        text = text[: tokens[request.max_tokens - 1].end()] if request.max_tokens > 0 else ""
-        n_out = request.max_tokens
+        assert visible is not None
+        text = text[: tokens[visible - 1].end()]
+        n_out = visible
     else:
         n_out = len(tokens)
-    return Answer(text=text, input_tokens=prompt_tokens(request), output_tokens=n_out, truncated=truncated)
+    return Answer(text, prompt_tokens(request), n_out + thought, truncated, reasoning_tokens=thought)
+
+
+# Prompt caching: OpenAI caches any prompt of 1,024 tokens or more, hits counted in steps of 128;
+# Anthropic caches only up to a cache_control breakpoint, from 1,024 tokens (2,048 for Haiku).
+OPENAI_CACHE_MIN_TOKENS = 1024
+OPENAI_CACHE_STEP = 128
+
+
+def anthropic_cache_min_tokens(model: str) -> int:
+    return 2048 if "haiku" in model else 1024
+
+
+class PromptCache:
+    """The provider's prompt cache as one batch's requests see it, in the batch's order."""
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def _key(self, model: str, parts: Sequence[str]) -> bytes:
+        return hashlib.sha256(repr((model, tuple(parts))).encode()).digest()
+
+    def apply(self, request: ChatRequest, answer: Answer) -> Answer:
+        """The answer with the cache reads (and, for Anthropic, writes) this request makes."""
+        parts = _parts(request)
+        if request.provider == "openai":
+            # The longest leading run of parts (never the whole prompt) that an earlier request sent.
+            cached = 0
+            for k in range(len(parts) - 1, 0, -1):
+                if self._key(request.model, parts[:k]) in self._seen:
+                    cached = _tokens_of(parts[:k])
+                    break
+            self._seen.update(self._key(request.model, parts[:k]) for k in range(1, len(parts)))
+            if cached < OPENAI_CACHE_MIN_TOKENS or answer.input_tokens < OPENAI_CACHE_MIN_TOKENS:
+                return answer
+            cached = OPENAI_CACHE_MIN_TOKENS + (cached - OPENAI_CACHE_MIN_TOKENS) // OPENAI_CACHE_STEP * OPENAI_CACHE_STEP
+            return dataclasses.replace(answer, cached_input_tokens=cached)
+        if request.cache_breakpoint is None:
+            return answer
+        prefix = parts[: request.cache_breakpoint]
+        tokens = _tokens_of(prefix)
+        if tokens < anthropic_cache_min_tokens(request.model):
+            return answer  # too short to cache: billed as plain input, as Anthropic does
+        key = self._key(request.model, prefix)
+        if key in self._seen:
+            return dataclasses.replace(answer, cached_input_tokens=tokens)
+        self._seen.add(key)
+        write = "cache_write_1h_tokens" if request.cache_ttl == "1h" else "cache_write_5m_tokens"
+        return dataclasses.replace(answer, **{write: tokens})
 
 
 _WORDS = (

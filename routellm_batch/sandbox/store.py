@@ -229,12 +229,19 @@ class BatchSummary:
 
 @dataclass(frozen=True)
 class BillingRecord:
+    """One billed request and every kind of token it was billed for (the project's vocabulary:
+    `input_tokens` all input, the cache counts parts of it; `output_tokens` all output, reasoning a part)."""
+
     provider: Provider
     custom_id: str
     batch_id: str
     model: str
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -488,7 +495,11 @@ class SandboxStore:
     def billing_records(batch: BatchRecord) -> list[BillingRecord]:
         """What a decided batch bills: the requests that ran and succeeded."""
         return [
-            BillingRecord(batch.provider, ln.custom_id, batch.id, ln.model, ln.outcome.input_tokens, ln.outcome.output_tokens)
+            BillingRecord(
+                batch.provider, ln.custom_id, batch.id, ln.model, ln.outcome.input_tokens, ln.outcome.output_tokens,
+                ln.outcome.cached_input_tokens, ln.outcome.cache_write_5m_tokens, ln.outcome.cache_write_1h_tokens,
+                ln.outcome.reasoning_tokens,
+            )
             for ln in batch.lines
             if ln.processed and isinstance(ln.outcome, Answer)
         ]
