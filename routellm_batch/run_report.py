@@ -225,34 +225,36 @@ class _Quality:
 
 
 def _per_prompt_costs(config: RunConfig, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Both models' batch cost of the tokens each prompt used (0 for a prompt with no billed answer)."""
-    from routellm_batch.providers.pricing import batch_discount, price_table_for
+    """Both models' batch cost of the tokens each prompt used, priced as the cost report prices them: at the
+    answering model's own rates, and at the other model's as a baseline (0 for a prompt with no billed answer)."""
+    from routellm_batch.providers.pricing import USAGE_COLUMNS, TokenUsage, batch_discount, price_table_for
 
     prices, discount = price_table_for(config.pricing), batch_discount(config.pricing)
-    tokens_in = frame["input_tokens"].fillna(0).astype("int64").to_numpy()
-    tokens_out = frame["output_tokens"].fillna(0).astype("int64").to_numpy()
-
-    def cost(model: str) -> np.ndarray:
-        price = prices.price(model)
-        return np.array([float(price.cost(int(i), int(o), discount)) for i, o in zip(tokens_in, tokens_out)])
-
-    return cost(config.strong.model), cost(config.weak.model)
+    strong, weak = prices.price(config.strong.model), prices.price(config.weak.model)
+    costs = []
+    for queue, *counts in frame[["queue", *USAGE_COLUMNS]].itertuples(index=False):
+        usage = TokenUsage(*(int(c) for c in counts))
+        own, other = (strong, weak) if queue == "strong" else (weak, strong)
+        paid, alternative = own.cost(usage, discount=discount), other.baseline_cost(usage, discount)
+        costs.append((paid, alternative) if queue == "strong" else (alternative, paid))
+    pairs = np.array(costs, dtype=float).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def _quality(config: RunConfig, tables: _RunTables) -> _Quality | None:
+    from routellm_batch.providers.pricing import USAGE_COLUMNS
+
     uri = config.quality.known_outcomes
     if uri is None or tables.routed is None:
         return None
     known = read_known_outcomes(uri)
     frame = tables.routed.merge(known, on="prompt_id", how="inner")
     answers = tables.responses if tables.responses is not None else pd.DataFrame(columns=["prompt_id"])
-    for column in ("status", "input_tokens", "output_tokens"):
-        if column not in answers:
-            answers = answers.assign(**{column: None})
-    frame = frame.merge(answers[["prompt_id", "status", "input_tokens", "output_tokens"]], on="prompt_id", how="left")
+    answers = answers.assign(**{c: None for c in ("status", *USAGE_COLUMNS) if c not in answers})
+    frame = frame.merge(answers[["prompt_id", "status", *USAGE_COLUMNS]], on="prompt_id", how="left")
     succeeded = (frame["status"] == "succeeded").to_numpy()
-    billed = frame.assign(input_tokens=frame["input_tokens"].where(succeeded, 0),
-                          output_tokens=frame["output_tokens"].where(succeeded, 0))
+    # Only a succeeded answer is billed; usage a table lacks (older runs) counts as none.
+    billed = frame.assign(**{c: frame[c].where(succeeded, 0).fillna(0) for c in USAGE_COLUMNS})
     strong_cost, weak_cost = _per_prompt_costs(config, billed)
     to_strong = (frame["queue"] == "strong").to_numpy()
     frame = frame.assign(strong_cost_usd=strong_cost, weak_cost_usd=weak_cost)

@@ -18,7 +18,6 @@ import pytest
 
 from routellm_batch.config import QualitySettings, SandboxSettings, load_config, parse_config
 from routellm_batch.ledger import Ledger, ShardRecord, ShardState, Transition
-from routellm_batch.providers.pricing import batch_discount, price_table_for
 from routellm_batch.run_report import (
     KnownOutcomesError,
     quality_figures,
@@ -57,12 +56,13 @@ def _write(config, table: str, rows: list[dict], subdir: str = "") -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "part-00000.parquet")
 
 
-def write_run(config, prompt_ids, scores, strong_ids, failures=None, quarantine=()):
-    """Routed and responses tables (as the stages lay them out), then the real report stage's cost_report.
+def write_run(config, prompt_ids, scores, strong_ids, failures=None, quarantine=(), usage=None):
+    """Routed, responses, quarantine and ledger as the stages lay them out, then the real report stage.
 
     failures: prompt_id -> (status, error_type, message) for rows without a succeeded answer.
+    usage: prompt_id -> token counts that replace the default ones (e.g. cached input).
     """
-    failures = failures or {}
+    failures, usage = failures or {}, usage or {}
     run_id = config.run_id(RUN_DATE)
     threshold = min((s for p, s in zip(prompt_ids, scores) if p in strong_ids), default=1.0)
     routed = {"strong": [], "weak": []}
@@ -83,7 +83,7 @@ def write_run(config, prompt_ids, scores, strong_ids, failures=None, quarantine=
             "response_text": "The answer is 42." if ok else None, "finish_reason": "stop" if ok else None,
             "input_tokens": 45 + i % 60 if ok else None, "output_tokens": 120 + (7 * i) % 200 if ok else None,
             "error_type": error_type, "error_message": message, "attempt": 3 if not ok else 1,
-        })
+        } | usage.get(pid, {}))
     for queue, rows in routed.items():
         if rows:
             _write(config, "routed", rows, f"queue={queue}")
@@ -93,31 +93,7 @@ def write_run(config, prompt_ids, scores, strong_ids, failures=None, quarantine=
          "raw_record": "{}"} for pid, reason, detail in quarantine
     ])
     write_ledger(config, sorted(strong_ids), [p for p in prompt_ids if p not in strong_ids], failures)
-    write_cost_report(config, responses)
-
-
-def write_cost_report(config, responses: list[dict]) -> None:
-    """The cost_report table as the report stage defines it: per model, then `all`; tokens priced by hand here."""
-    prices, discount = price_table_for(config.pricing), batch_discount(config.pricing)
-    strong = prices.price(config.strong.model)
-    rows = []
-    for spec, queue in ((config.strong, "strong"), (config.weak, "weak")):
-        billed = [r for r in responses if r["queue"] == queue and r["status"] == "succeeded"]
-        if not billed:
-            continue
-        tokens_in, tokens_out = sum(r["input_tokens"] for r in billed), sum(r["output_tokens"] for r in billed)
-        cost = prices.cost(spec.model, tokens_in, tokens_out, discount=discount)
-        online = strong.cost(tokens_in, tokens_out)
-        rows.append({"model": spec.model, "provider": spec.provider, "queue": queue, "requests": len(billed),
-                     "input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": cost,
-                     "baseline_all_strong_usd": strong.cost(tokens_in, tokens_out, discount),
-                     "baseline_online_usd": online, "savings_usd": online - cost})
-    total = {"model": "all", "provider": "all", "queue": "all"}
-    for key in ("requests", "input_tokens", "output_tokens", "cost_usd", "baseline_all_strong_usd",
-                "baseline_online_usd", "savings_usd"):
-        total[key] = sum(r[key] for r in rows)
-    run = {"run_id": config.run_id(RUN_DATE), "price_table_version": prices.version}
-    _write(config, "cost_report", [run | r for r in [*rows, total]])
+    report.execute(config, RUN_DATE)  # the real cost account, and the run report it ends with
 
 
 def write_ledger(config, strong_ids, weak_ids, failures) -> None:
@@ -287,7 +263,10 @@ def test_quality_figures_are_the_routed_run_against_all_strong_and_all_weak_on_t
     # p4 is known but not routed (another night's prompt): it must not count.
     outcomes.write_text("prompt_id,strong_correct,weak_correct\np0,1,0\np1,1,1\np2,0,0\np3,1,0\np4,0,1\n")
     config = demo_config(tmp_path).model_copy(update={"quality": QualitySettings(known_outcomes=str(outcomes))})
-    write_run(config, ["p0", "p1", "p2", "p3"], [0.9, 0.2, 0.7, 0.1], strong_ids={"p0", "p2"})
+    # cached input on both sides: priced at each model's cached rate, as the cost report prices it
+    usage = {"p0": {"input_tokens": 2000, "cached_input_tokens": 1500},
+             "p1": {"input_tokens": 3000, "cached_input_tokens": 1000, "cache_write_5m_tokens": 500}}
+    write_run(config, ["p0", "p1", "p2", "p3"], [0.9, 0.2, 0.7, 0.1], strong_ids={"p0", "p2"}, usage=usage)
 
     f = quality_figures(config, RUN_DATE)
     # routed: p0 strong (1) + p1 weak (1) + p2 strong (0) + p3 weak (0)
@@ -389,8 +368,7 @@ def test_report_renders_before_any_table_or_row_exists(tmp_path):
 
 def test_report_stage_writes_the_run_report_beside_the_tables(tmp_path):
     config = demo_config(tmp_path)
-    demo_run(config)
-    report.execute(config, RUN_DATE)
+    demo_run(config)  # ends with report.execute
     assert (Path(config.output_root) / "report" / f"run_date={RUN_DATE}" / "index.html").exists()
 
 
