@@ -1,13 +1,15 @@
 """Named crash points, so that the crash-recovery tests kill a run exactly where it hurts.
 
-With `ROUTELLM_BATCH_CRASH_AT=<name>[#<n>]` in the environment, the n-th pass (default: the
-first) through `crash_point(name)` SIGKILLs this process: no cleanup, no finally blocks, as a
-lost machine. Without the variable (always, outside the tests) a crash point is one dict lookup.
+With `ROUTELLM_BATCH_CRASH_AT=<glob>[#<n>]` in the environment, the n-th pass (default: the
+first) through a `crash_point(name)` whose name matches the glob SIGKILLs this process: no
+cleanup, no finally blocks, as a lost machine. Without the variable (always, outside the tests)
+a crash point is one environment lookup.
 
 The points (each placed where a crash leaves the most to recover):
 - `upload.returned`: the provider stored the shard's input file; the ledger does not know its id.
 - `create.answered`: the provider accepted a batch create; the ledger does not hold its id yet.
-- `ledger.write`: an atomic ledger write has its temp file written but not yet renamed.
+- `ledger.write:<file name>`: an atomic ledger write has its temp file written, not yet renamed
+  (`ledger.write:strong-a1-00000-*.json#4`: the 4th write of that shard's record).
 - `results.download`: part of a batch's results has been read and handed on; the rest has not.
 
 Light module: standard library only.
@@ -15,6 +17,7 @@ Light module: standard library only.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 from collections import Counter
@@ -22,7 +25,7 @@ from collections import Counter
 __all__ = ["ENV", "POINTS", "crash_point"]
 
 ENV = "ROUTELLM_BATCH_CRASH_AT"
-POINTS = ("upload.returned", "create.answered", "ledger.write", "results.download")
+POINTS = ("upload.returned", "create.answered", "ledger.write:*", "results.download")
 _passes: Counter[str] = Counter()
 
 
@@ -32,8 +35,8 @@ def crash_point(name: str) -> None:
     if not spec:
         return
     target, _, nth = spec.partition("#")
-    if target != name:
+    if not fnmatch.fnmatchcase(name, target):
         return
-    _passes[name] += 1
-    if _passes[name] == int(nth or 1):
+    _passes[target] += 1
+    if _passes[target] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)

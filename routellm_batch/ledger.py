@@ -36,6 +36,8 @@ from typing import IO, TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from routellm_batch.crashpoints import crash_point
+
 if TYPE_CHECKING:
     from routellm_batch.config import RunConfig
 
@@ -202,6 +204,7 @@ def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[IO[bytes]]:
         try:
             with fs.open_output_stream(tmp) as out:
                 yield out
+            crash_point(f"ledger.write:{name}")  # the crash-recovery tests' kill point (see crashpoints.py)
             fs.move(tmp, path)
         except BaseException:
             try:
