@@ -207,6 +207,15 @@ class QualityFigures:
     def cost_vs_all_strong(self) -> float:
         return self.cost_usd / self.all_strong_cost_usd if self.all_strong_cost_usd > 0 else math.nan
 
+    def vs_all_strong(self) -> str:
+        """The summary table's cell: routed accuracy against all-strong (and all-weak)."""
+        if not self.prompts:
+            return "unknown (no routed prompt has a known outcome)"
+        return (
+            f"{self.accuracy_routed:.1%} vs {self.accuracy_all_strong:.1%} correct ({self.quality_vs_all_strong:.1%} "
+            f"of all-strong quality; all-weak {self.accuracy_all_weak:.1%}) on {self.prompts} prompts"
+        )
+
     def render(self) -> str:
         if not self.prompts:
             return f"quality: no routed prompt has a known outcome in {self.known_outcomes}"

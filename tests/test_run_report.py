@@ -280,6 +280,7 @@ def test_quality_figures_are_the_routed_run_against_all_strong_and_all_weak_on_t
     assert f.all_strong_cost_usd == pytest.approx(float(total["baseline_all_strong_usd"]))
     assert f.all_weak_cost_usd < f.cost_usd < f.all_strong_cost_usd
     assert "routed 50.0%, all-strong 75.0%, all-weak 25.0%" in f.render()
+    assert f.vs_all_strong() == "50.0% vs 75.0% correct (66.7% of all-strong quality; all-weak 25.0%) on 4 prompts"
 
 
 def test_a_prompt_without_an_answer_counts_as_wrong_for_the_routed_run(tmp_path):
