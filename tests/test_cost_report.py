@@ -3,6 +3,7 @@ and the table read back from Parquet equal to the Decimal amounts computed by ha
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -11,17 +12,35 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from batch_sandbox_helpers import (
+    FAKE_KEY,
+    KEY_ENV,
+    RUN_DATE,
+    all_outcomes,
+    config_dict,
+    read_responses,
+    routed_row,
+    write_routed,
+)
 from routellm_batch.config import RunConfig, parse_config
-from routellm_batch.providers.pricing import load_price_table
+from routellm_batch.ledger import Ledger
+from routellm_batch.providers.pricing import SHIPPED_PRICE_TABLE, USAGE_COLUMNS, load_price_table, to_cents
+from routellm_batch.providers.retry import RetryPolicy
+from routellm_batch.sandbox.faults import Faults
+from routellm_batch.sandbox.responders import SyntheticResponder
+from routellm_batch.sandbox.server import SandboxServer
 from routellm_batch.schemas import arrow_schema
-from routellm_batch.stages import report
-from batch_sandbox_helpers import RUN_DATE, routed_row, write_routed
+from routellm_batch.stages import collect, report, submit, wait
 
 PRICES = load_price_table()
 MILLION = Decimal(1_000_000)
 HALF = Decimal("0.5")
 # Odd, prime and awkward counts: 8,527 Haiku input tokens at the batch price give 0.0042635 USD (7 decimals).
+FAST = {"retry": RetryPolicy(attempts=8, initial_wait=0.01, max_wait=0.2)}
+# A shared instruction long enough (about 1,500 tokens) for the providers' prompt caches.
+LONG_SYSTEM = " ".join(f"Rule {i}: answer briefly, show the arithmetic, and end with the number." for i in range(120))
 ODD_COUNTS = [(1, 1), (8527, 3), (7919, 104729), (999_983, 65_537), (2_147_483_647, 1_000_003)]
 
 
@@ -167,3 +186,117 @@ def test_report_is_written_and_read_back_to_the_exact_amounts(tmp_path):
     assert {m: r["cost_usd"] for m, r in stored.items()} == {r["model"]: r["cost_usd"] for r in summary.rows}
     # Rounded only for display.
     assert "0.4268" in summary.render()
+
+
+# --- the cost report against an independent source: the sandbox's own billing record ---------------
+
+
+def price_by_hand(billing) -> dict[str, Decimal]:
+    """USD per model of every request the sandbox billed, priced straight from the YAML price table
+    (not through routellm_batch.providers.pricing): each token kind at its own rate, half price."""
+    raw = yaml.safe_load(SHIPPED_PRICE_TABLE.read_text())
+    rate = {m: {k: Decimal(str(v)) for k, v in spec.items()} for m, spec in raw["models"].items()}
+    total: dict[str, Decimal] = {}
+    for b in billing:
+        r = rate[b.model]
+        uncached = b.input_tokens - b.cached_input_tokens - b.cache_write_5m_tokens - b.cache_write_1h_tokens
+        per_million = (
+            uncached * r["input"] + b.cached_input_tokens * r["cached_input"] + b.output_tokens * r["output"]
+            + b.cache_write_5m_tokens * r.get("cache_write_5m", 0) + b.cache_write_1h_tokens * r.get("cache_write_1h", 0)
+        )
+        total[b.model] = total.get(b.model, Decimal(0)) + per_million * HALF / MILLION
+    return total
+
+
+def test_cost_report_equals_the_sandbox_billing_priced_by_hand_through_faults_retries_and_expiry(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    faults = Faults(
+        seed=5,
+        expire_on=("openai#1", "anthropic#1"),  # partial batches: half the requests ran and are billed
+        expire_finished_share=0.5,
+        malformed_line_on=("openai#2", "anthropic#2"),  # an unreadable line in the results
+        request_error_share=0.15,
+        request_error_kinds=("server_error", "overloaded", "invalid_request"),  # retried, or final at once
+    )
+    with SandboxServer(responder=SyntheticResponder(seed=2), faults=faults, tick_seconds=0.02, port=0) as srv:
+        raw = config_dict(srv, tmp_path, max_requests=15)
+        # A reasoning model on the strong queue (reasoning tokens, some empty answers), cached prefixes (a
+        # long shared system prompt), and Claude with extended thinking on the weak queue.
+        raw["strong"] |= {"model": "gpt-5-mini", "max_tokens": 400}
+        raw["weak"] |= {"max_tokens": 3000, "request_template": {"thinking": {"type": "enabled", "budget_tokens": 1024}}}
+        cfg = parse_config(raw)
+        rows = [routed_row(cfg, "strong", f"s{i:03d}", system=LONG_SYSTEM if i % 2 else None) for i in range(30)]
+        rows += [routed_row(cfg, "weak", f"w{i:03d}", system=LONG_SYSTEM if i % 3 else None) for i in range(30)]
+        write_routed(cfg, rows)
+
+        submit.execute(cfg, RUN_DATE, provider_options=FAST)
+        wait.execute(cfg, RUN_DATE, timeout=60, provider_options=FAST)
+        collected = collect.execute(cfg, RUN_DATE, timeout=120, provider_options=FAST)
+        assert collected.done
+        summary = report.execute(cfg, RUN_DATE)
+        billing = srv.billing()
+
+    stored = {r["model"]: r for r in ds.dataset(summary.uri, format="parquet").to_table().to_pylist()}
+    responses = read_responses(cfg).to_pylist()
+    outcomes = all_outcomes(cfg)
+    # The run went through what it should have: retries, expired partial batches, unreadable lines,
+    # cached prefixes, reasoning, and final errors that are not billed.
+    assert max(o["attempt"] for o in outcomes) >= 2
+    assert {"openai", "anthropic"} <= {o["provider"] for o in outcomes if o["status"] == "expired"}
+    assert any("unparseable" in h.note for r in Ledger.for_run(cfg, RUN_DATE).records() for h in r.history)
+    assert any(b.cached_input_tokens for b in billing) and any(b.reasoning_tokens for b in billing)
+    assert any(r["status"] == "errored" for r in responses)
+    assert any(r["status"] == "succeeded" and r["response_text"] == "" and r["finish_reason"] == "length" for r in responses)
+    # Every billed request is a succeeded row, and every succeeded row was billed: same custom_ids.
+    assert sorted(b.custom_id for b in billing) == sorted(r["custom_id"] for r in responses if r["status"] == "succeeded")
+
+    by_hand = price_by_hand(billing)
+    assert set(by_hand) == {"gpt-5-mini", "claude-haiku-4-5"}
+    for model, usd in by_hand.items():
+        assert stored[model]["cost_usd"] == usd, model  # exactly, not only to the cent
+        for column in USAGE_COLUMNS:
+            if column == "reasoning_tokens" and model.startswith("claude"):
+                continue  # Anthropic bills thinking inside output_tokens and does not report it apart
+            assert stored[model][column] == sum(getattr(b, column) for b in billing if b.model == model), (model, column)
+    assert stored["all"]["cost_usd"] == sum(by_hand.values())
+    assert to_cents(stored["all"]["cost_usd"]) == to_cents(sum(by_hand.values()))
+    # Partial failures are counted per queue in the summary.
+    for queue in ("strong", "weak"):
+        q = summary.outcomes[queue]
+        mine = [r for r in responses if r["queue"] == queue]
+        assert (q.succeeded, q.errored, q.expired, q.canceled) == tuple(
+            sum(r["status"] == s for r in mine) for s in ("succeeded", "errored", "expired", "canceled")
+        )
+    assert summary.outcomes["strong"].failed + summary.outcomes["weak"].failed == sum(r["status"] != "succeeded" for r in responses)
+
+
+# --- the report's one-outcome guard ------------------------------------------------------------------
+
+
+def ids(*values: str) -> pa.ChunkedArray:
+    return pa.chunked_array([list(values)], pa.string())
+
+
+@pytest.mark.parametrize(
+    ("responses_ids", "message"),
+    [
+        (("p1", "p2", "p2", "p3"), "1 prompt(s) with several outcomes, e.g. p2"),
+        (("p1", "p3"), "1 routed prompt(s) without an outcome, e.g. p2"),
+        (("p1", "p2", "p3", "p9"), "1 outcome(s) for prompts that were not routed, e.g. p9"),
+    ],
+)
+def test_one_outcome_guard_names_duplicate_missing_and_unknown_outcomes(responses_ids, message):
+    with pytest.raises(report.OutcomeInvariantError, match=re.escape(message)):
+        report.check_one_outcome_per_prompt(ids("p1", "p2", "p3"), ids(*responses_ids), "job/2026-03-01")
+    report.check_one_outcome_per_prompt(ids("p1", "p2", "p3"), ids("p3", "p1", "p2"), "job/2026-03-01")
+
+
+def test_report_refuses_a_responses_table_with_a_duplicate_outcome_and_writes_nothing(tmp_path):
+    cfg = config(tmp_path)
+    answers = responses(cfg, [{"model": "gpt-4.1", "queue": "strong", "input_tokens": 5, "output_tokens": 7}] * 2)
+    write_routed(cfg, [routed_row(cfg, "strong", pid) for pid in answers["prompt_id"].to_pylist()])
+    doubled = pa.concat_tables([answers, answers.slice(0, 1)])  # p0000000 answered twice
+    write_partition(cfg, "responses", doubled)
+    with pytest.raises(report.OutcomeInvariantError, match="several outcomes, e.g. p0000000"):
+        report.execute(cfg, RUN_DATE)
+    assert not (Path(cfg.table_uri("cost_report"))).exists()
