@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from routellm_batch._extras import MissingExtra, needs_extra
 from routellm_batch.config import ConfigError
 
 # Commands that write a run date's tables or spend money: each holds the run's lease (one process per run date).
@@ -52,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     # Parse the command name first, then hand the rest to that command's own parser.
     known, rest = top.parse_known_args(argv)
     module_name, help_text = COMMANDS[known.command]
-    module = importlib.import_module(module_name)
+    try:
+        with needs_extra("this command"):
+            module = importlib.import_module(module_name)
+    except MissingExtra as exc:
+        print(f"routellm-batch {known.command}: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     from routellm_batch.lease import LeaseHeld
     parser = argparse.ArgumentParser(prog=f"routellm-batch {known.command}", description=help_text)
     module.add_arguments(parser)
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         for noisy in ("great_expectations", "py4j", "httpx", "httpx2", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        with _lease(known.command, args):
+        with _lease(known.command, args), needs_extra("this command"):
             return int(module.run(args) or 0)
     except ConfigError as exc:
         print(f"routellm-batch {known.command}: {exc}", file=sys.stderr)
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 # Errors a user's input, config or machine causes, by class name (their modules are imported only
 # by the commands that raise them): one line each, never a traceback.
 _USER_ERRORS = frozenset({
-    "InputError", "QuarantineLimitExceeded", "MissingInput", "BudgetTooSmall", "OutcomeInvariantError",
+    "InputError", "QuarantineLimitExceeded", "MissingInput", "BudgetTooSmall", "OutcomeInvariantError", "MissingExtra",
     "FileNotFoundError", "NotADirectoryError", "PermissionError",
 })  # fmt: skip
 

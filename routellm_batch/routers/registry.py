@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 
+from routellm_batch._extras import needs_extra
+
 ROUTERS: dict[str, str] = {
     "default": "routellm_batch.routers.checkpoint:load_default_router",
     "random": "routellm_batch.routers.random_router:RandomRouter",
@@ -26,4 +28,5 @@ def resolve(kind: str):
     except KeyError:
         raise ValueError(f"unknown router kind {kind!r}; allowed: {', '.join(sorted(ROUTERS))}") from None
     module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    with needs_extra(f"router {kind!r}"):
+        return getattr(importlib.import_module(module), attr)

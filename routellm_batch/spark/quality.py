@@ -29,8 +29,11 @@ def run_suite(df: DataFrame, suite: ExpectationSuite) -> SuiteResult:
     """Validate `df` against `suite`; nothing raises on failed expectations: read `.success`."""
     # GX would otherwise phone home; this job never talks to anything but its own data.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from routellm_batch._extras import needs_extra
+
+    with needs_extra("data quality checks"):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
 
     # GX announces a temp folder on every ephemeral context at INFO; keep job logs to what matters.
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)

@@ -6,6 +6,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from routellm_batch._extras import needs_extra
 from routellm_batch.config import SparkSettings
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ _LOCAL_DEFAULTS = {
 
 def get_spark(settings: SparkSettings | None = None, app_name: str = "routellm-batch") -> SparkSession:
     """A SparkSession: the active one if any, else local[*] unless spark-submit/config gives a master."""
-    from pyspark.sql import SparkSession
+    with needs_extra("a Spark session"):
+        from pyspark.sql import SparkSession
 
     settings = settings or SparkSettings()
     builder = SparkSession.builder.appName(settings.app_name or app_name)
