@@ -13,11 +13,14 @@ Light module: stdlib only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import random
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +28,11 @@ __all__ = [
     "MATCHERS",
     "PAIRWISE_SYSTEM",
     "SINGLE_SYSTEM",
+    "AuditEstimate",
     "JUDGE_KEYS",
     "Verdict",
+    "audit_estimate",
+    "in_audit_slice",
     "judge_label",
     "judge_request",
     "match_reference",
@@ -192,6 +198,45 @@ def match_reference(
         got, want = _last_number(answer), _last_number(gold)
         return got is not None and want is not None and abs(got - want) <= tolerance
     raise ValueError(f"unknown matcher {matcher!r}; allowed: {', '.join(MATCHERS)}")
+
+
+# -- the nightly audit slice -------------------------------------------------------------------------
+
+def in_audit_slice(prompt_id: str, share: float, salt: str = "") -> bool:
+    """Whether a weak-queue prompt is also answered by the strong model tonight: a hash of its id, so the
+    same prompts are chosen on every re-run, and a share `share` of them on average."""
+    digest = hashlib.sha256(f"audit\x00{salt}\x00{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+@dataclass(frozen=True)
+class AuditEstimate:
+    """Tonight's routing against all-strong, from the audited weak-queue prompts (outcome units: accuracy,
+    win rate or grade). Intervals are 95% bootstrap percentiles over the audited prompts."""
+
+    audited: int
+    weak_share: float
+    weak_queue_gap: float
+    """Mean (strong - weak) outcome on the weak queue: what the weak model costs there per prompt."""
+    weak_queue_gap_ci: tuple[float, float]
+    routed_minus_all_strong: float
+    """Estimated mean outcome of the routed run minus that of all-strong, over every routed prompt."""
+    routed_minus_all_strong_ci: tuple[float, float]
+
+
+def audit_estimate(strong: Sequence[float], weak: Sequence[float], weak_share: float,
+                   resamples: int = 1000, seed: int = 0) -> AuditEstimate:
+    """The strong queue gets the strong answer, so only the weak queue differs from all-strong: the
+    run's gap is the weak queue's mean gap times its share of the routed prompts."""
+    if len(strong) != len(weak) or not strong:
+        raise ValueError("audit_estimate: give one strong and one weak outcome per audited prompt (at least one)")
+    gaps = [s - w for s, w in zip(strong, weak, strict=True)]
+    rng = random.Random(seed)
+    n = len(gaps)
+    means = sorted(sum(rng.choices(gaps, k=n)) / n for _ in range(resamples))
+    lo, hi = means[int(0.025 * (resamples - 1))], means[int(math.ceil(0.975 * (resamples - 1)))]
+    gap = sum(gaps) / n
+    return AuditEstimate(n, weak_share, gap, (lo, hi), -weak_share * gap, (-weak_share * hi, -weak_share * lo))
 
 
 # -- is the configured router measured on this job? -----------------------------------------------

@@ -124,6 +124,25 @@ def test_task_sandbox_hides_a_topic_rule_from_the_weak_model_only():
     assert abs(np.mean([len(r["prompt"]) for r in hidden]) - np.mean([len(r["prompt"]) for r in plain])) < 12
 
 
+def test_sample_is_fixed_by_prompt_id_hash_once_per_prompt_and_even_across_strata():
+    from routellm_batch.stages.learn import sample_prompts
+
+    df = pd.DataFrame({
+        "prompt_id": [f"p{i}" for i in range(60)],
+        "prompt": [f"q{i % 50}" for i in range(60)],  # ten prompts appear twice
+        "messages_json": None, "system": None,
+        "task": ["big"] * 50 + ["small"] * 10,
+    })
+    a = sample_prompts(df, 20, seed=3)
+    assert a["prompt_id"].tolist() == sample_prompts(df.sample(frac=1, random_state=1), 20, seed=3)["prompt_id"].tolist()
+    assert a["prompt"].is_unique and len(sample_prompts(df, 100)) == 50
+    assert sample_prompts(df, 20, seed=4)["prompt_id"].tolist() != a["prompt_id"].tolist()
+    distinct = df.assign(prompt=[f"q{i}" for i in range(60)])
+    strat = sample_prompts(distinct, 20, seed=3, stratify_by="task")
+    assert strat["task"].value_counts().to_dict() == {"big": 10, "small": 10}
+    assert sample_prompts(distinct, 30, seed=3, stratify_by="task")["task"].value_counts().to_dict() == {"big": 20, "small": 10}
+
+
 # -- learn end to end ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -257,3 +276,29 @@ def test_promotion_of_a_router_that_learned_nothing_is_refused_with_the_figures(
     assert code == 3 and "promotion REFUSED: the learned router does not beat random and length" in out
     assert re.search(r"APGR lower bound 0\.\d{3} vs random 0\.\d{3} and length 0\.\d{3}", out), out
     assert not (tmp_path / "nothing" / "checkpoint" / "learn_report.json").exists()
+
+
+def test_audit_slice_is_stable_sized_and_estimates_the_sandbox_truth():
+    from routellm_batch.labels import audit_estimate, in_audit_slice
+    from routellm_batch.sandbox.responders import ChatRequest
+
+    ids = [f"row-{i}" for i in range(20_000)]
+    chosen = [i for i in ids if in_audit_slice(i, 0.05, salt="job")]
+    assert abs(len(chosen) / len(ids) - 0.05) < 0.005
+    assert chosen == [i for i in ids if in_audit_slice(i, 0.05, salt="job")]  # stable across re-runs
+    assert set(chosen) != {i for i in ids if in_audit_slice(i, 0.05, salt="other job")}
+    # a night: 3,000 review prompts, the weak queue = 70% of them; the truth is every weak-queue answer graded
+    responder = TaskResponder(weak_models={WEAK})
+    rows = list(task_prompts(3000, seed=11))
+
+    def right(model, row):
+        return float(match_reference(responder.respond(ChatRequest("openai", model, (("user", row["prompt"]),))).text,
+                                     row["reference"], **REGEX_ARGS))
+
+    weak_queue = rows[: 2100]
+    truth = np.mean([right("gpt-4.1", r) - right(WEAK, r) for r in weak_queue])
+    audited = [r for r in weak_queue if in_audit_slice(r["prompt_id"], 0.1)]
+    est = audit_estimate([right("gpt-4.1", r) for r in audited], [right(WEAK, r) for r in audited], weak_share=0.7)
+    assert 150 < est.audited < 270
+    assert est.weak_queue_gap_ci[0] <= truth <= est.weak_queue_gap_ci[1]
+    assert est.routed_minus_all_strong_ci[0] <= -0.7 * truth <= est.routed_minus_all_strong_ci[1] < 0

@@ -40,7 +40,16 @@ import pandas as pd
 
 from routellm_batch.config import ConfigError, LearnSettings, ModelSpec, RunConfig, load_config, parse_run_date
 
-__all__ = ["LearnRefused", "LearnSummary", "add_arguments", "execute", "run", "sample_prompts"]
+__all__ = [
+    "LearnRefused",
+    "LearnSummary",
+    "add_arguments",
+    "bootstrap_figures",
+    "execute",
+    "nested_out_of_fold_scores",
+    "run",
+    "sample_prompts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +159,16 @@ def estimate_usd(config: RunConfig, learn: LearnSettings, sample: pd.DataFrame) 
     for spec in (config.strong, config.weak):
         total += sum((prices.cost(spec.model, t, spec.max_tokens, discount=discount) for t in tokens), Decimal(0))
     if learn.judge is not None:
-        judge = learn.judge.model
-        template = estimate_tokens("x" * 1200)  # the judge's instructions and markers
-        answers = config.strong.max_tokens + config.weak.max_tokens
-        per = [t + template + (answers if learn.judge.mode == "pairwise" else max(answers // 2, 1)) for t in tokens]
-        total += 2 * sum((prices.cost(judge.model, t, judge.max_tokens, discount=discount) for t in per), Decimal(0))
+        from routellm_batch.labels import JUDGE_KEYS, judge_request
+
+        judge, mode = learn.judge.model, learn.judge.mode
+        # Each judge request: its instructions and markers, the question, and one or both answers at max_tokens.
+        key = JUDGE_KEYS[mode][0]
+        template = sum(estimate_tokens(t) for t in judge_request(mode, key, "", "", ""))
+        answers = config.strong.max_tokens + (config.weak.max_tokens if mode == "pairwise" else 0)
+        per = [t + template + answers for t in tokens]
+        total += len(JUDGE_KEYS[mode]) * sum(
+            (prices.cost(judge.model, t, judge.max_tokens, discount=discount) for t in per), Decimal(0))
     return total
 
 
@@ -345,18 +359,21 @@ def _choose(outcomes, kinds: Sequence[str], folds: int, seed: int, embedders: di
     return max(kinds, key=lambda k: (np.nan_to_num(found[k], nan=-1.0), -kinds.index(k))), found
 
 
-def _nested_oof(outcomes, kinds: Sequence[str], learn: LearnSettings, embedders: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
-    """Out-of-fold scores; inside each outer fold the family is chosen by inner CV on that fold's training part."""
+def nested_out_of_fold_scores(outcomes, kinds: Sequence[str], folds: int, inner_folds: int, seed: int,
+                              embedders: dict[str, Any] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Out-of-fold scores, and the family picked in each outer fold: chosen by inner cross-validation on
+    that fold's training part only, so the held-out prompts never influence the choice."""
     from routellm_batch.evaluation import fold_ids
 
-    ids = fold_ids(outcomes.prompts, learn.folds, learn.seed)
+    embedders = {} if embedders is None else embedders
+    ids = fold_ids(outcomes.prompts, folds, seed)
     scores = np.full(len(outcomes), np.nan)
     picked = []
-    for k in range(learn.folds):
+    for k in range(folds):
         held, train = np.flatnonzero(ids == k), outcomes.subset(np.flatnonzero(ids != k))
-        kind, _ = _choose(train, kinds, learn.inner_folds, learn.seed, embedders)
+        kind, _ = _choose(train, kinds, inner_folds, seed, embedders)
         picked.append(kind)
-        scores[held] = _fit_and_score(kind, learn.seed, embedders)(train, [outcomes.prompts[i] for i in held])
+        scores[held] = _fit_and_score(kind, seed, embedders)(train, [outcomes.prompts[i] for i in held])
     return scores, picked
 
 
@@ -527,7 +544,7 @@ def execute(
     )
     kinds = [router] if router else list(learn.routers)
     embedders: dict[str, Any] = {}
-    oof, picked = _nested_oof(outcomes, kinds, learn, embedders)
+    oof, picked = nested_out_of_fold_scores(outcomes, kinds, learn.folds, learn.inner_folds, learn.seed, embedders)
     learned = f"learned ({'/'.join(sorted(set(picked)))})"
     conf_name, conf_scores = _configured_scores(config, prompts)
     evaluation = evaluate_scores(outcomes, {learned: oof, conf_name: conf_scores})
