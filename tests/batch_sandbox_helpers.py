@@ -17,6 +17,7 @@ import yaml
 
 from routellm_batch.config import RunConfig, parse_config
 from routellm_batch.ledger import Ledger
+from routellm_batch.providers.custom_id import make_custom_id
 from routellm_batch.schemas import arrow_schema
 
 RUN_DATE = date(2026, 3, 1)
@@ -113,20 +114,26 @@ def read_responses(cfg: RunConfig) -> pa.Table:
     return ds.dataset(str(path), format="parquet").to_table()
 
 
-def shard_of_custom_ids(cfg: RunConfig) -> dict[str, str]:
-    """custom_id -> shard_id, from every shard map in the ledger."""
-    ledger = Ledger.for_run(cfg, RUN_DATE)
-    out: dict[str, str] = {}
-    for name in ledger.list_files("shards"):
-        if name.endswith(".map.parquet"):
-            shard = name[: -len(".map.parquet")]
-            for cid in pq.read_table(ledger.path(f"shards/{name}")).column("custom_id").to_pylist():
-                out[cid] = shard
-    return out
+def custom_id_scheme(cfg: RunConfig, prompt_ids: Iterable[str], max_versions: int = 4) -> dict[str, tuple[str, int]]:
+    """custom_id -> (prompt_id, attempt), rebuilt from the custom_id scheme (providers/custom_id.py)
+    for every routed prompt, attempt and plan version: independent of the ledger's own shard maps."""
+    run_id = cfg.run_id(RUN_DATE)
+    keys = [run_id] + [f"{run_id}/v{v}" for v in range(2, max_versions + 1)]  # plan version 1, 2, ...
+    return {
+        make_custom_id(key, pid, attempt): (pid, attempt)
+        for pid in prompt_ids
+        for key in keys
+        for attempt in range(1, cfg.batch.max_attempts + 1)
+    }
 
 
-def check_invariants(cfg: RunConfig, srv: Any, routed_ids: Iterable[str]) -> dict[str, Any]:
-    """The product's promises, checked against the sandbox's books. Returns the fault-matrix row."""
+def check_invariants(
+    cfg: RunConfig, srv: Any, routed_ids: Iterable[str], *, not_ours: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The product's promises, checked against the sandbox's books. Returns the fault-matrix row.
+
+    Billed requests and batches are mapped back to prompts through the custom_id scheme, not the
+    ledger: every billed id and every batch must map (`not_ours`: batch ids another client made)."""
     routed_ids = list(routed_ids)
     responses = read_responses(cfg)
     ids = responses.column("prompt_id").to_pylist()
@@ -135,40 +142,41 @@ def check_invariants(cfg: RunConfig, srv: Any, routed_ids: Iterable[str]) -> dic
     assert set(ids) == set(routed_ids), (
         f"missing {sorted(set(routed_ids) - set(ids))[:5]}, unexpected {sorted(set(ids) - set(routed_ids))[:5]}"
     )
-    # Billed at most once per request, and per prompt over all its attempts.
-    billed = srv.billed()
+    scheme = custom_id_scheme(cfg, routed_ids)
+    skip = set(not_ours)
+    # Billed at most once per request, and per prompt over all its attempts; every billed id is ours.
+    billed = Counter((r.provider, r.custom_id) for r in srv.billing() if r.batch_id not in skip)
     over = {k: v for k, v in billed.items() if v > 1}
     assert not over, f"requests billed more than once: {over}"
-    cid_to_prompt = {}
-    ledger = Ledger.for_run(cfg, RUN_DATE)
-    for name in ledger.list_files("shards"):
-        if name.endswith(".map.parquet"):
-            t = pq.read_table(ledger.path(f"shards/{name}"))
-            cid_to_prompt.update(zip(t.column("custom_id").to_pylist(), t.column("prompt_id").to_pylist()))
-    per_prompt = Counter(cid_to_prompt[cid] for (_prov, cid), n in billed.items() for _ in range(n) if cid in cid_to_prompt)
+    unmapped = sorted(cid for _prov, cid in billed if cid not in scheme)
+    assert not unmapped, f"billed custom_ids that no routed prompt's attempt has: {unmapped[:5]}"
+    per_prompt = Counter(scheme[cid][0] for (_prov, cid), n in billed.items() for _ in range(n))
     assert all(v == 1 for v in per_prompt.values()), {p: v for p, v in per_prompt.items() if v > 1}
-    # No shard has two batches.
-    shard_of = shard_of_custom_ids(cfg)
-    batches_per_shard: Counter[str] = Counter()
-    for b in srv.batches():
-        shards = {shard_of.get(cid) for cid in b.custom_ids} - {None}
-        assert len(shards) <= 1, f"batch {b.id} mixes shards {shards}"
-        if shards:
-            batches_per_shard[shards.pop()] += 1
-    twice = {s: n for s, n in batches_per_shard.items() if n > 1}
-    assert not twice, f"shards with more than one batch: {twice}"
-    # Every succeeded row was billed exactly once, under its own custom_id.
+    # Every batch is ours and holds one attempt; no request (prompt, attempt) went out in two batches.
+    sent: Counter[tuple[str, int]] = Counter()
+    batches = [b for b in srv.batches() if b.id not in skip]
+    for b in batches:
+        strays = [cid for cid in b.custom_ids if cid not in scheme]
+        assert not strays, f"batch {b.id} holds custom_ids no routed prompt has: {strays[:5]}"
+        attempts = {scheme[cid][1] for cid in b.custom_ids}
+        assert len(attempts) == 1, f"batch {b.id} mixes attempts {attempts}"
+        sent.update(scheme[cid] for cid in b.custom_ids)
+    twice = {k: n for k, n in sent.items() if n > 1}
+    assert not twice, f"requests sent in more than one batch (a shard created twice): {dict(list(twice.items())[:5])}"
+    # Every succeeded row was billed exactly once, under the custom_id the scheme gives its attempt.
     status = responses.column("status").to_pylist()
-    cids = responses.column("custom_id").to_pylist()
-    for s, cid, provider in zip(status, cids, responses.column("provider").to_pylist()):
+    rows = zip(ids, status, responses.column("custom_id").to_pylist(), responses.column("provider").to_pylist(),
+               responses.column("attempt").to_pylist())  # fmt: skip
+    for pid, s, cid, provider, attempt in rows:
         if s == "succeeded":
+            assert scheme.get(cid) == (pid, attempt), f"row {pid} attempt {attempt} carries custom_id {cid}"
             assert billed.get((provider, cid)) == 1, f"succeeded row {cid} billed {billed.get((provider, cid))} times"
     return {
         "rows_in": len(routed_ids),
         "outcomes": dict(Counter(status)),
         "error_types": dict(Counter(e for e in responses.column("error_type").to_pylist() if e)),
         "duplicates_billed": sum(v - 1 for v in billed.values() if v > 1),
-        "batches": len(srv.batches()),
+        "batches": len(batches),
     }
 
 
