@@ -480,7 +480,7 @@ def _shard_rows(shards: list[ShardRecord]) -> list[dict[str, Any]]:
         start = (intent or submitted or (r.created_at, None))[0]
         rows.append({
             "label": f"{r.queue} a{r.attempt} #{r.index}",
-            "shard_id": r.shard_id, "queue": r.queue, "attempt": r.attempt, "batch_id": r.batch_id,
+            "queue": r.queue, "attempt": r.attempt, "batch_id": r.batch_id,
             "rows": r.row_count, "state": r.state.value, "start": start,
             "submitted": submitted[0] if submitted else None,
             "end": ended[0] if ended else None,
@@ -517,13 +517,22 @@ def _failure_sections(responses: pd.DataFrame) -> dict[str, Any]:
     return {"statuses": statuses, "per_queue": per_queue, "top_errors": top}
 
 
+def _quarantine_reasons(quarantine: pd.DataFrame | None) -> list[dict[str, Any]]:
+    reasons = []
+    if quarantine is not None and len(quarantine):
+        for reason, group in quarantine.groupby("reason"):
+            example = f"{group['prompt_id'].iloc[0] or '(no id)'}: {_clip(group['detail'].iloc[0], 160)}"
+            reasons.append({"reason": reason, "count": len(group), "example": example})
+    return sorted(reasons, key=lambda r: (-r["count"], r["reason"]))
+
+
 def _clip(text: Any, n: int) -> str:
     text = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-# Shown first, in this order; any other column the table gains follows them.
-# Money first: token columns (more kinds to come) follow, and a narrow window scrolls those.
+# Shown first, money before tokens; any other column the table gains (more token kinds) follows them,
+# and a narrow window scrolls those.
 _COST_COLUMNS = ("model", "queue", "requests", "cost_usd", "baseline_all_strong_usd", "baseline_online_usd",
                  "savings_usd", "input_tokens", "output_tokens")
 _COST_HIDDEN = {"run_id", "run_date", "price_table_version", "provider"}
@@ -646,13 +655,6 @@ def write_run_report(config: RunConfig, run_date: date) -> RunReport:
         pictures["quality.png"] = _quality_png(quality, thresholds)
     if shards:
         pictures["timeline.png"] = _timeline_png(shards)
-    quarantine = tables.quarantine
-    reasons = []
-    if quarantine is not None and len(quarantine):
-        for reason, group in quarantine.groupby("reason"):
-            reasons.append({"reason": reason, "count": len(group),
-                            "example": f"{group['prompt_id'].iloc[0] or '(no id)'}: {_clip(group['detail'].iloc[0], 160)}"})
-        reasons.sort(key=lambda r: (-r["count"], r["reason"]))
     html = _template().render(
         run_id=config.run_id(run_date),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -662,7 +664,7 @@ def write_run_report(config: RunConfig, run_date: date) -> RunReport:
         cost=_cost_table(tables.cost) if tables.cost is not None else None,
         failures=_failure_sections(tables.responses) if tables.responses is not None else None,
         quality=quality.figures if quality else None,
-        reasons=reasons,
+        reasons=_quarantine_reasons(tables.quarantine),
         shards=shards[:TIMELINE_ROWS],
         more_shards=max(0, len(shards) - TIMELINE_ROWS),
         retried=sum(1 for s in shards if s["attempt"] > 1 or s["replans"]),
