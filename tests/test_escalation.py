@@ -204,3 +204,62 @@ def test_registry_names_every_scorer_and_refuses_unknown_ones(tmp_path) -> None:
         load_scorer(tmp_path)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_scorer(tmp_path / "missing")
+
+
+# -- the sandbox's logprobs, through the official openai SDK ------------------------------------
+def test_sandbox_returns_logprobs_that_the_logprob_scorer_reads_and_wrong_answers_are_less_sure(tmp_path) -> None:
+    import importlib.resources
+    import json
+    from pathlib import Path
+
+    import openai
+
+    from routellm_batch.sandbox.responders import ReplayResponder
+    from routellm_batch.sandbox.server import SandboxServer
+
+    demo = Path(str(importlib.resources.files("routellm_batch.demo") / "gsm8k_demo.csv"))
+    weak = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    rows = pd.read_csv(demo)
+    responder = ReplayResponder.from_gsm8k_csv(demo, model_aliases={"gpt-4.1-mini": weak})
+
+    def line(cid: str, prompt: str, **extra: object) -> str:
+        body = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": prompt}], **extra}
+        return json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n"
+
+    payload = [line(f"g{i}", p, logprobs=True, top_logprobs=3) for i, p in enumerate(rows["prompt"])]
+    payload += [line("plain", rows["prompt"][0]), line("bad", rows["prompt"][0], top_logprobs=2)]
+
+    def output(srv: SandboxServer, batch_id: str | None = None) -> tuple[str, dict[str, dict]]:
+        client = openai.OpenAI(base_url=srv.openai_base_url, api_key="sk-sandbox-test", max_retries=0)
+        if batch_id is None:
+            f = client.files.create(file=("weak.jsonl", "".join(payload).encode()), purpose="batch")
+            batch_id = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                             completion_window="24h").id
+        batch = client.batches.retrieve(batch_id)
+        lines = [json.loads(x) for fid in (batch.output_file_id, batch.error_file_id) if fid
+                 for x in client.files.content(fid).text.splitlines()]
+        return batch_id, {x["custom_id"]: x for x in lines}
+
+    with SandboxServer(responder=responder, tick_seconds=0, state_dir=tmp_path / "state") as srv:
+        batch_id, got = output(srv)
+    with SandboxServer(responder=responder, tick_seconds=0, state_dir=tmp_path / "state") as srv:
+        assert output(srv, batch_id)[1] == got, "a restarted sandbox serves the same logprobs"
+
+    assert got["plain"]["response"]["body"]["choices"][0]["logprobs"] is None
+    assert got["bad"]["response"]["status_code"] == 400
+    assert "logprobs must be set to true" in got["bad"]["response"]["body"]["error"]["message"]
+
+    items = []
+    for i, (prompt, text) in enumerate(zip(rows["prompt"], rows[f"{weak}_response"], strict=True)):
+        body = got[f"g{i}"]["response"]["body"]
+        content = body["choices"][0]["logprobs"]["content"]
+        assert "".join(t["token"] for t in content) == text.rstrip()
+        assert all(len(t["top_logprobs"]) == 3 and t["logprob"] <= 0 for t in content)
+        assert all(t["top_logprobs"][0]["logprob"] >= t["top_logprobs"][-1]["logprob"] for t in content)
+        items.append(WeakAnswer(prompt, body["choices"][0]["message"]["content"], logprobs=logprobs_from_body(got[f"g{i}"])))
+    doubt = LogprobScorer().score(items)
+    wrong = ~rows[weak].astype(bool).to_numpy()
+    assert 20 < wrong.sum() < len(rows) - 20
+    # the sandbox knows which recorded answers are wrong: they come back less confident, with noise
+    assert doubt[wrong].mean() > doubt[~wrong].mean() + 0.1
+    assert doubt[wrong].min() < doubt[~wrong].max(), "noisy, not a perfect oracle"

@@ -12,6 +12,7 @@ import json
 from email.message import Message
 from typing import Any
 
+from routellm_batch.sandbox.logprobs import MAX_TOP_LOGPROBS, logprobs_content, with_confidence
 from routellm_batch.sandbox.responders import Answer, ChatRequest, PromptCache, UnknownPrompt, prompt_tokens
 from routellm_batch.sandbox.store import (
     ApiCall,
@@ -209,6 +210,13 @@ def _chat_request(body: dict[str, Any]) -> ChatRequest:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
         raise ValueError("max_tokens: expected an integer >= 1")
+    logprobs, top = body.get("logprobs", False), body.get("top_logprobs")
+    if not isinstance(logprobs, bool):
+        raise ValueError("logprobs: expected a boolean")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise ValueError(f"top_logprobs: expected an integer from 0 to {MAX_TOP_LOGPROBS}")
+    if top is not None and not logprobs:
+        raise ValueError("top_logprobs: logprobs must be set to true if top_logprobs is used")
     system = [t for r, t in pairs if r in ("system", "developer")]
     return ChatRequest(
         provider="openai",
@@ -216,6 +224,8 @@ def _chat_request(body: dict[str, Any]) -> ChatRequest:
         messages=tuple((r, t) for r, t in pairs if r not in ("system", "developer")),
         system="\n".join(system) if system else None,
         max_tokens=max_tokens,
+        logprobs=logprobs,
+        top_logprobs=top or 0,
     )
 
 
@@ -282,7 +292,8 @@ def _parse_input(store: SandboxStore, content: bytes, endpoint: str) -> tuple[li
             plans.append(RequestPlan(cid, line_model, PlannedError("invalid_request", str(exc))))
             continue
         try:
-            outcome: Answer | PlannedError = cache.apply(request, store.responder.respond(request))
+            answer = with_confidence(request, store.responder.respond(request), store.responder)
+            outcome: Answer | PlannedError = cache.apply(request, answer)
         except UnknownPrompt as exc:
             outcome = PlannedError("invalid_request", str(exc))
         plans.append(RequestPlan(cid, line_model, outcome, prompt_tokens(request)))
@@ -505,7 +516,8 @@ def _line(b: BatchRecord, ln: FinalLine, created: int) -> dict[str, Any]:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": o.text, "refusal": None, "annotations": []},
-                    "logprobs": None,
+                    "logprobs": None if o.confidence is None else {
+                        "content": logprobs_content(o.text, o.confidence, o.top_logprobs), "refusal": None},
                     "finish_reason": "length" if o.truncated else "stop",
                 }
             ],

@@ -72,7 +72,8 @@ _USAGE_DETAILS = ("cached_input_tokens", "cache_write_5m_tokens", "cache_write_1
 
 def _outcome(o: Answer | PlannedError) -> list[Any]:
     if isinstance(o, Answer):
-        return ["a", o.text, o.input_tokens, o.output_tokens, o.truncated, *(getattr(o, k) for k in _USAGE_DETAILS)]
+        return ["a", o.text, o.input_tokens, o.output_tokens, o.truncated, *(getattr(o, k) for k in _USAGE_DETAILS),
+                o.confidence, o.top_logprobs]
     return ["e", o.kind, o.message]
 
 
@@ -80,6 +81,8 @@ def _outcome_from(x: list[Any]) -> Answer | PlannedError:
     if x[0] == "a":
         # State saved before the usage details were kept has none: zeros, as it reported then.
         details = {k: int(v) for k, v in zip(_USAGE_DETAILS, x[5:])}
+        if len(x) > 9:  # the logprobs asked for (older state has none)
+            details.update(confidence=x[9], top_logprobs=int(x[10]))
         return Answer(text=x[1], input_tokens=int(x[2]), output_tokens=int(x[3]), truncated=bool(x[4]), **details)
     return PlannedError(x[1], x[2])
 

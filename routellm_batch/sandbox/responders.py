@@ -63,6 +63,9 @@ class ChatRequest:
     cache_ttl: Literal["5m", "1h"] = "5m"
     thinking_budget: int | None = None
     """Anthropic extended thinking (`thinking.budget_tokens`) when enabled."""
+    logprobs: bool = False
+    """OpenAI `logprobs: true`: return the answer's token log-probabilities."""
+    top_logprobs: int = 0
 
     @property
     def prompt(self) -> str:
@@ -101,6 +104,9 @@ class Answer:
     cache_write_5m_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    confidence: float | None = None
+    """Set when the request asked for logprobs: the geometric mean token probability (sandbox.logprobs)."""
+    top_logprobs: int = 0
 
 
 class UnknownPrompt(LookupError):
@@ -224,7 +230,8 @@ class SyntheticResponder:
 
 
 class ReplayResponder:
-    """Answers recorded in a table with columns prompt, model, response.
+    """Answers recorded in a table with columns prompt, model, response (and optionally `correct`:
+    whether the recorded answer is right, which makes its logprobs less confident when it is not).
 
     `model_aliases` maps a configured model name onto a recorded one
     (`{"gpt-4.1": "gpt-4-1106-preview"}`); the key `"*"` maps any other name.
@@ -244,10 +251,14 @@ class ReplayResponder:
                 f"(a GSM8K-style file? use ReplayResponder.from_gsm8k_csv)"
             )
         self._answers: dict[tuple[str, str], str] = {}
-        for prompt, model, response in zip(df["prompt"], df["model"], df["response"], strict=True):
+        self._correct: dict[tuple[str, str], bool] = {}
+        correct = df["correct"] if "correct" in df.columns else [None] * len(df)
+        for prompt, model, response, right in zip(df["prompt"], df["model"], df["response"], correct, strict=True):
             if not isinstance(prompt, str) or not isinstance(model, str) or not isinstance(response, str):
                 continue  # a missing answer is "not recorded", not an empty answer
             self._answers.setdefault((model, prompt.strip()), response)
+            if right is not None and right == right:  # NaN: not known
+                self._correct.setdefault((model, prompt.strip()), bool(right))
         self.models: frozenset[str] = frozenset(m for m, _ in self._answers)
         self.model_aliases: dict[str, str] = dict(model_aliases or {})
         unknown = sorted(set(self.model_aliases.values()) - self.models)
@@ -274,6 +285,11 @@ class ReplayResponder:
         if model in self.models:
             return model
         return self.model_aliases.get(model, self.model_aliases.get("*"))
+
+    def correct(self, request: ChatRequest) -> bool | None:
+        """Whether the recorded answer to this request is right (None: not recorded)."""
+        recorded = self.recorded_model(request.model)
+        return None if recorded is None else self._correct.get((recorded, request.prompt.strip()))
 
     def respond(self, request: ChatRequest) -> Answer:
         recorded = self.recorded_model(request.model)
@@ -309,6 +325,8 @@ def _melt_wide(df: pd.DataFrame) -> pd.DataFrame:
     if not models:
         raise ValueError("GSM8K-style replay file has no '<model>_response' column")
     parts: list[Any] = [
-        pd.DataFrame({"prompt": df["prompt"], "model": m, "response": df[f"{m}_response"]}) for m in models
+        pd.DataFrame({"prompt": df["prompt"], "model": m, "response": df[f"{m}_response"],
+                      # RouteLLM's `<model>` column records whether that answer is right
+                      "correct": df[m] if m in df.columns else None}) for m in models
     ]
     return pd.concat(parts, ignore_index=True)
