@@ -63,7 +63,6 @@ with DAG(
         "pyspark_python": Param("", type="string", description="Python of the project's environment (driver and executors); empty: Variable routellm_pyspark_python, else python3."),
         "jobs_dir": Param("", type="string", description="Folder holding jobs/*.py; empty: Variable routellm_jobs_dir, else the checkout's jobs/."),
         "spark_conf": Param({}, type="object", description="Extra spark-submit --conf pairs."),
-        "spark_conn_id": Param("routellm_spark", type="string", description="Informational: the Spark connection giving the master (local[*] when it does not exist)."),
         "openai_conn_id": Param("routellm_openai", type="string", description="Connection holding the OpenAI(-compatible) key (password)."),
         "anthropic_conn_id": Param("routellm_anthropic", type="string", description="Connection holding the Anthropic key (password)."),
         "poll_interval_seconds": Param(None, type=["null", "number"], description="Seconds between batch polls; null: the config's batch.poll_interval_seconds."),
@@ -81,7 +80,7 @@ with DAG(
             task_id=name,
             application=f"{_setting('jobs_dir', 'routellm_jobs_dir', DEFAULT_JOBS_DIR)}/{name}.py",
             application_args=["--config", CONFIG, "--run-date", RUN_DATE],
-            conn_id="routellm_spark",
+            conn_id="routellm_spark",  # the master; local[*] when this connection does not exist
             spark_binary=_setting("spark_submit", "routellm_spark_submit", "spark-submit"),
             conf="{{ params.spark_conf }}",
             env_vars={"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python},

@@ -113,6 +113,11 @@ class RunBatchesTrigger(BaseTrigger):
         config: RunConfig = await asyncio.to_thread(load_config, self.config_path)
         run_date = date.fromisoformat(self.run_date)
         ledger = Ledger.for_run(config, run_date)
+        if config.table_uri("ledger") != self.ledger_uri:
+            # The config file was changed under a deferred task: polling another run's ledger would be wrong.
+            message = f"{self.config_path} now puts the ledger at {config.table_uri('ledger')}, not {self.ledger_uri}"
+            yield TriggerEvent(self._event("error", ledger, 0, message=message))
+            return
         providers = build_providers(config, await akeys(config, ConnectionIds(**self.connections)))
         observed = {queue: _Observed(p) for queue, p in providers.items()}
         poll = 0

@@ -155,3 +155,12 @@ def test_serializes_to_where_the_run_is_and_back(tmp_path):
 
     again = RunBatchesTrigger(**json.loads(json.dumps(kwargs)))  # what the triggerer stores is plain JSON
     assert again.serialize() == (classpath, kwargs)
+
+
+def test_refuses_to_poll_when_the_config_now_points_at_another_ledger(tmp_path):
+    with SandboxServer(responder=SyntheticResponder(seed=6), tick_seconds=3600) as srv:
+        path = write_config_yaml(srv, tmp_path)
+        trigger = trigger_for(path)
+        trigger.ledger_uri = str(tmp_path / "elsewhere" / "ledger")
+        event = asyncio.run(first_event(trigger))
+    assert event["status"] == "error" and "not " + str(tmp_path / "elsewhere" / "ledger") in event["message"]
