@@ -5,7 +5,8 @@ their correctness recorded; contaminated prompts dropped). The same 5 folds (spl
 for every method; each is trained on 4 folds and scores the 5th, hyperparameters chosen by inner CV on
 the training folds only:
 - prompt-only router: the stacked router (feature ridge, embedding ridge, kNN, blended);
-- reference: a plain ridge on wordllama embeddings of prompt and weak answer (the figure to beat, 0.70);
+- reference: a plain ridge on wordllama embeddings of prompt and weak answer plus a few text statistics
+  of each (routers.embedders.text_features; the figure to beat, 0.70 in routing-quality.md);
 - cascade: the `learned` escalation scorer on the weak answer (escalation/learned.py);
 - combined: a non-negative blend of the router's score and the scorer's doubt, its weights fitted on
   inner out-of-fold predictions of the training folds;
@@ -53,6 +54,7 @@ from routellm_batch.evaluation import (
     write_report,
 )
 from routellm_batch.routers import data
+from routellm_batch.routers.embedders import text_features
 from routellm_batch.routers.stacked import RIDGE_GRID, StackedRouter, _group_folds, _nonnegative_blend, _ridge_path, _unit
 
 PRICES = Path(__file__).resolve().parents[1] / "routellm_batch" / "providers" / "prices.yaml"
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                                    embedder=embedder, seed=args.seed, inner_folds=args.inner_folds)
         return scorer.score([items[i] for i in held])
 
-    E = np.hstack([_unit(embedder.embed(prompts).astype(np.float64)), _unit(embedder.embed(answers).astype(np.float64))])
+    E = np.hstack([_unit(embedder.embed(texts).astype(np.float64)) for texts in (prompts, answers)]
+                  + [text_features(texts).astype(np.float64) for texts in (prompts, answers)])
 
     def reference_ridge(train: np.ndarray, held: np.ndarray) -> np.ndarray:
         inner = _group_folds([prompts[i] for i in train], args.inner_folds, args.seed)
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return np.column_stack([router_scores(train, held), scorer_scores(train, held)]) @ weights + intercept
 
     methods = {"prompt-only router (stacked)": router_scores,
-               "ridge emb prompt+answer (ref)": reference_ridge,
+               "ref: ridge emb+stats p+a": reference_ridge,
                "cascade: learned scorer": scorer_scores,
                "combined: router + scorer": combined}
     scores, seconds = {}, {}
