@@ -221,13 +221,11 @@ def _is_quota_exhausted(status: int, body: Any) -> bool:
 
 def _body_message(body: Any) -> str | None:
     """The human message inside an SDK error body (OpenAI and Anthropic shapes)."""
-    if isinstance(body, Mapping):
-        err = body.get("error", body)
-        if isinstance(err, Mapping):
-            msg = err.get("message")
-            kind = err.get("type") or err.get("code")
-            if msg:
-                return f"{kind}: {msg}" if kind else str(msg)
+    err = _error_object(body)
+    msg = err.get("message")
+    kind = err.get("type") or err.get("code")
+    if msg:
+        return f"{kind}: {msg}" if kind else str(msg)
     return None
 
 
