@@ -10,48 +10,25 @@ date, a budget below the all-weak estimate), 2 for a bad config.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from routellm_batch.config import ConfigError, load_config, parse_run_date
-    from routellm_batch.spark.session import get_spark
+    from routellm_batch.spark.jobs import run_job
     from routellm_batch.spark.split import BudgetTooSmall
     from routellm_batch.stages.score import MissingInput
     from routellm_batch.stages.split import score_and_split
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="run config YAML (default: the embedded demo config)")
-    parser.add_argument("--run-date", required=True, help="YYYY-MM-DD")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config)
-        run_date = parse_run_date(args.run_date)
-    except ConfigError as exc:
-        print(f"score_and_split: {exc}", file=sys.stderr)
-        return 2
-    spark = get_spark(config.spark, app_name=f"{config.job_name}:score_and_split")
-    try:
-        summary = score_and_split(config, run_date, spark)
-    except ConfigError as exc:
-        print(f"score_and_split: {exc}", file=sys.stderr)
-        return 2
-    except (MissingInput, BudgetTooSmall) as exc:
-        print(f"score_and_split: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        spark.stop()
-    print(json.dumps({
-        "run_id": summary.run_id, "policy": summary.policy, "threshold": summary.threshold,
-        "strong_rows": summary.strong_rows, "weak_rows": summary.weak_rows, "router": summary.router,
-        "router_loads": summary.router_loads, "est_cost_usd": str(summary.est_cost_usd),
-        "routed": summary.routed_uri, "estimate": summary.estimate_uri,
-    }))
-    return 0
+    def split(config, run_date, spark) -> dict:
+        s = score_and_split(config, run_date, spark)
+        return {
+            "run_id": s.run_id, "policy": s.policy, "threshold": s.threshold,
+            "strong_rows": s.strong_rows, "weak_rows": s.weak_rows, "router": s.router,
+            "router_loads": s.router_loads, "est_cost_usd": str(s.est_cost_usd),
+            "routed": s.routed_uri, "estimate": s.estimate_uri,
+        }  # fmt: skip
+
+    return run_job("score_and_split", argv, __doc__, split, (MissingInput, BudgetTooSmall))
 
 
 if __name__ == "__main__":
