@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.json"
-Need = Literal["logprobs", "valid", "samples"]
+Need = Literal["logprobs", "samples"]
 
 #: What each provider's batch API can return besides the text (OpenAI-compatible chat completions give
 #: `logprobs` and `n` > 1 samples; Anthropic's Messages API gives neither).
@@ -93,7 +93,7 @@ def check_provider(scorer: EscalationScorer | str, provider: str) -> None:
     gives = PROVIDER_GIVES.get(provider)
     if gives is None:
         raise ScorerUnsupported(f"escalation: unknown provider {provider!r}; known: {', '.join(sorted(PROVIDER_GIVES))}")
-    lacking = sorted(n for n in cls.needs if n not in gives and n != "valid")
+    lacking = sorted(n for n in cls.needs if n not in gives)
     if lacking:
         raise ScorerUnsupported(
             f"escalation scorer {cls.kind!r} needs {', '.join(lacking)}, which the {provider} batch API does not "
