@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 # by the commands that raise them): one line each, never a traceback.
 _USER_ERRORS = frozenset({
     "InputError", "QuarantineLimitExceeded", "MissingInput", "BudgetTooSmall", "OutcomeInvariantError", "MissingExtra",
+    "OutputSuiteFailed",
     "FileNotFoundError", "NotADirectoryError", "PermissionError",
 })  # fmt: skip
 

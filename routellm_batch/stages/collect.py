@@ -33,6 +33,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from routellm_batch.config import RunConfig, load_config
+from routellm_batch.output_suite import check_responses_partition
 from routellm_batch.stages import add_run_arguments
 from routellm_batch.ledger import Ledger, ShardRecord, ShardState
 from routellm_batch.providers.base import BatchInfo, BatchProvider, BatchState, MalformedResultLine
@@ -318,7 +319,9 @@ def execute(
             ctx.sleep(config.batch.poll_interval_seconds)
         # After a re-split, rows that left the input or their queue keep their outcomes in the ledger only.
         active = {q: routed_prompt_ids(config, run_date, q) for q in QUEUES} if superseded_plans(ledger) else None
-        uri, _rows = write_responses(config, run_date, ledger, routed_row_count(config, run_date), active)
+        expected = routed_row_count(config, run_date)
+        uri, _rows = write_responses(config, run_date, ledger, expected, active)
+        check_responses_partition(uri, expected, ctx.run_id)  # the output suite (great-expectations)
         return _summary(ctx, ledger.records(), uri, start)
     finally:
         if providers is None:

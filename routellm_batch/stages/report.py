@@ -27,6 +27,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from routellm_batch.config import RunConfig, load_config
+from routellm_batch.output_suite import check_cost_report
 from routellm_batch.stages import add_run_arguments
 from routellm_batch.ledger import atomic_output, filesystem_for
 from routellm_batch.providers.pricing import USAGE_COLUMNS, TokenUsage, batch_discount, price_table_for, stored_usd
@@ -187,6 +188,7 @@ def execute(config: RunConfig, run_date: date) -> ReportSummary:
     check_one_outcome_per_prompt(routed["prompt_id"], responses["prompt_id"], run_id)
     rows = cost_rows(config, run_date, responses)
     table = pa.Table.from_pylist(rows, schema=arrow_schema("cost_report"))
+    check_cost_report(table, run_id)  # the output suite (great-expectations), before anything is written
     uri = f"{config.table_uri('cost_report')}/run_date={run_date.isoformat()}"
     fs, path = filesystem_for(uri)
     with atomic_output(fs, f"{path}/part-00000.parquet") as out:
