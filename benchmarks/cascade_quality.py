@@ -90,6 +90,26 @@ def out_of_fold(n: int, folds: np.ndarray, fit_score: Callable[[np.ndarray, np.n
     return scores
 
 
+def hybrid_usd_at(target: float, direct_share: float, router: np.ndarray, doubt: np.ndarray,
+                  outcomes: PairedOutcomes) -> tuple[float, float]:
+    """(USD, strong-call share) at the first escalation count whose quality reaches `target`, when pass 1
+    sends the top `direct_share` of router scores straight to the strong model (no weak call) and pass 2
+    escalates the rest by doubt; NaN when even escalating everything falls short."""
+    n = len(outcomes)
+    direct = np.zeros(n, dtype=bool)
+    direct[np.argsort(-router, kind="stable")[: round(direct_share * n)]] = True
+    rest = np.flatnonzero(~direct)
+    order = rest[np.argsort(-doubt[rest], kind="stable")]
+    strong, weak = outcomes.strong, outcomes.weak
+    s_usd, w_usd = outcomes.strong_cost_usd, outcomes.weak_cost_usd
+    quality = (strong[direct].sum() + weak[rest].sum() + np.concatenate([[0.0], np.cumsum(strong[order] - weak[order])])) / n
+    usd = s_usd[direct].sum() + w_usd[rest].sum() + np.concatenate([[0.0], np.cumsum(s_usd[order])])
+    hit = np.flatnonzero(quality >= target - 1e-12)
+    if not hit.size:
+        return math.nan, math.nan
+    return float(usd[hit[0]]), (int(direct.sum()) + int(hit[0])) / n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strong-price", default="gpt-4.1", help="price table model for the strong calls")
@@ -186,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"USD all-weak {weak_usd.sum():.4f}; all-strong (route) {strong_usd.sum():.4f}; "
           f"weak + all escalated (cascade) {(weak_usd + strong_usd).sum():.4f}; "
           f"95% of all-strong quality = {0.95 * routed.strong.mean():.3f}")
+    target = 0.95 * routed.strong.mean()
+    print("\npass 1 sends the top share of prompt-only router scores straight to the strong model, pass 2 "
+          "escalates the rest by the learned scorer's doubt (95% of all-strong quality):")
+    for share in (0.0, 0.05, 0.1, 0.2, 0.3):
+        usd, calls = hybrid_usd_at(target, share, scores["prompt-only router (stacked)"],
+                                   scores["cascade: learned scorer"], routed)
+        print(f"  direct {100 * share:4.0f}%: USD {usd:.4f}, strong calls {100 * calls:.1f}%")
     best = max(f.apgr for _, f in rows if f.router.startswith(("cascade", "combined")))
     print(f"best cascade APGR {best:.3f} (figure to beat {REFERENCE_APGR}, goal {GOAL_APGR}); "
           f"{time.perf_counter() - started:.0f} s in all")
