@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for noisy in ("great_expectations", "py4j", "httpx", "httpx2", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        _quiet_spark()
     try:
-        with _lease(known.command, args), needs_extra("this command"):
+        with _lease(known.command, args), _progress(known.command, args), needs_extra("this command"):
             return int(module.run(args) or 0)
     except ConfigError as exc:
         print(f"routellm-batch {known.command}: {exc}", file=sys.stderr)
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except LeaseHeld as exc:
         print(f"routellm-batch {known.command}: {exc}", file=sys.stderr)
         return EXIT_LEASE_HELD
+    except KeyboardInterrupt:
+        # Ctrl-C, or the lease's heartbeat found another process holding the run (logged above).
+        print(f"routellm-batch {known.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     except Exception as exc:
         line = user_error(exc)
         if line is None or known.verbose:
@@ -122,6 +127,43 @@ def _provider_error_class() -> type[BaseException]:
     from routellm_batch.providers.errors import ProviderError
 
     return ProviderError
+
+
+_QUIET_LOG4J = """\
+rootLogger.level = error
+rootLogger.appenderRef.console.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n
+"""
+
+
+def _quiet_spark() -> None:
+    """Spark's startup banner and WARN lines off (errors still print); --verbose leaves them on.
+    A session started elsewhere (spark-submit, PYSPARK_SUBMIT_ARGS already set) is left alone."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("ROUTELLM_BATCH_SPARK_LOG_LEVEL", "ERROR")
+    if "PYSPARK_SUBMIT_ARGS" in os.environ or "PYSPARK_GATEWAY_PORT" in os.environ:
+        return
+    path = os.path.join(tempfile.gettempdir(), "routellm-batch-log4j2-quiet.properties")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(_QUIET_LOG4J)
+    os.environ["PYSPARK_SUBMIT_ARGS"] = f"--driver-java-options -Dlog4j2.configurationFile=file:{path} pyspark-shell"
+
+
+def _progress(command: str, args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """Progress of the batch stages run alone (`run` shows it per stage itself)."""
+    if command not in ("submit", "wait", "collect"):
+        return contextlib.nullcontext()
+    from routellm_batch.config import load_config
+    from routellm_batch.progress import LedgerProgress
+
+    return LedgerProgress(load_config(args.config), args.run_date)
 
 
 def _lease(command: str, args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:

@@ -53,5 +53,5 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "routellm-b
     for key, value in _RUN_DEFAULTS.items():
         if not given.contains(key) and key not in conf:
             spark.conf.set(key, value)
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel(os.environ.get("ROUTELLM_BATCH_SPARK_LOG_LEVEL", "WARN"))  # the CLI sets ERROR
     return spark

@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.lease import run_lease
 from routellm_batch.ledger import Ledger, atomic_output, filesystem_for, utcnow
+from routellm_batch.progress import LedgerProgress
 from routellm_batch.stages import add_run_arguments
 
 __all__ = ["QUALITY_HOOK", "STAGES", "RunResult", "StageOutcome", "add_arguments", "execute", "run", "sandboxed", "summary_table"]
@@ -179,14 +180,16 @@ class Stage:
     """The settings that shape this stage's output (part of its fingerprint)."""
     outputs: tuple[str, ...] = ()
     """Tables whose run-date partition it writes; checked unchanged before a skip."""
+    batches: bool = False
+    """It works on provider batches: progress is shown from the ledger while it runs."""
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("validate", _validate, lambda c: [c.job_name, c.input.model_dump(mode="json"), c.quarantine.model_dump(mode="json")], ("prompts", "quarantine")),
     Stage("split", _split, lambda c: [c.router.model_dump(mode="json"), c.threshold.model_dump(mode="json"), c.pricing.model_dump(mode="json"), _models(c)], ("routed",)),
-    Stage("submit", _submit, lambda c: [_models(c), c.batch.model_dump(mode="json", include={"max_requests", "max_bytes", "max_attempts"})]),
-    Stage("wait", _wait, lambda c: []),
-    Stage("collect", _collect, lambda c: [c.batch.max_attempts], ("responses",)),
+    Stage("submit", _submit, lambda c: [_models(c), c.batch.model_dump(mode="json", include={"max_requests", "max_bytes", "max_attempts"})], batches=True),
+    Stage("wait", _wait, lambda c: [], batches=True),
+    Stage("collect", _collect, lambda c: [c.batch.max_attempts], ("responses",), batches=True),
     Stage("report", _report, lambda c: [c.pricing.model_dump(mode="json"), _models(c)], ("cost_report",)),
 )  # fmt: skip
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -257,7 +260,8 @@ def execute(config: RunConfig, run_date: date, *, from_stage: str | None = None)
             else:
                 markers.drop(list(STAGE_NAMES[i:]))
                 log.info("stage %s: running", stage.name)
-                outcome = stage.execute(r)
+                with LedgerProgress(config, run_date) if stage.batches else contextlib.nullcontext():
+                    outcome = stage.execute(r)
                 ran.append(stage.name)
                 texts.append(outcome.text)
                 if not outcome.complete:
