@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import logging
 import math
 import shutil
 from collections.abc import Iterator, Sequence
@@ -50,8 +49,6 @@ __all__ = [
     "run",
     "sample_prompts",
 ]
-
-log = logging.getLogger(__name__)
 
 ROLES = ("strong", "weak")
 SAMPLE_FILE = "sample.parquet"
@@ -140,13 +137,20 @@ def _sample(config: RunConfig, learn: LearnSettings, run_date: date, n: int, out
 
 # -- 2. cost ------------------------------------------------------------------------------------------
 
-def _request_tokens(row: pd.Series) -> int:
+def _request_parts(row: Any) -> dict[str, Any]:
+    """prompt / messages / system of a sample row (missing ones None)."""
+    messages = row.get("messages_json")
+    return {
+        "prompt": row["prompt"] if isinstance(row["prompt"], str) else None,
+        "messages": json.loads(messages) if isinstance(messages, str) else None,
+        "system": row["system"] if isinstance(row.get("system"), str) else None,
+    }
+
+
+def _request_tokens(row: Any) -> int:
     from routellm_batch.providers.pricing import estimate_request_tokens
 
-    messages = json.loads(row["messages_json"]) if isinstance(row["messages_json"], str) else None
-    prompt = row["prompt"] if isinstance(row["prompt"], str) else None
-    system = row["system"] if isinstance(row["system"], str) else None
-    return estimate_request_tokens(prompt=prompt, messages=messages, system=system)
+    return estimate_request_tokens(**_request_parts(row))
 
 
 def estimate_usd(config: RunConfig, learn: LearnSettings, sample: pd.DataFrame) -> Decimal:
@@ -229,7 +233,6 @@ def _answer(config: RunConfig, run_date: date, rows: pd.DataFrame) -> pd.DataFra
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from routellm_batch.providers.pricing import estimate_request_tokens
     from routellm_batch.schemas import arrow_schema
     from routellm_batch.stages import collect, submit, wait
 
@@ -239,17 +242,12 @@ def _answer(config: RunConfig, run_date: date, rows: pd.DataFrame) -> pd.DataFra
         spec = config.strong
         records = []
         for _, row in rows.iterrows():
-            messages = json.loads(row["messages_json"]) if isinstance(row.get("messages_json"), str) else None
-            prompt = row["prompt"] if isinstance(row["prompt"], str) else None
-            system = row["system"] if isinstance(row.get("system"), str) else None
             max_tokens = row.get("max_tokens")
             records.append({
-                "run_id": config.run_id(run_date), "prompt_id": str(row["prompt_id"]), "prompt": prompt,
-                "messages": messages, "system": system,
+                "run_id": config.run_id(run_date), "prompt_id": str(row["prompt_id"]), **_request_parts(row),
                 "max_tokens": None if max_tokens is None or pd.isna(max_tokens) else int(max_tokens),
                 "strong_win_prob": 1.0, "model": spec.model, "provider": spec.provider, "router": "learn",
-                "threshold": 0.0,
-                "est_input_tokens": estimate_request_tokens(prompt=prompt, messages=messages, system=system),
+                "threshold": 0.0, "est_input_tokens": _request_tokens(row),
             })
         schema = pa.schema([f for f in arrow_schema("routed") if f.name not in ("run_date", "queue")])
         routed_dir.mkdir(parents=True, exist_ok=True)
