@@ -20,10 +20,13 @@ __all__ = [
     "ColumnMapping",
     "ConfigError",
     "InputTable",
+    "JudgeLabels",
+    "LearnSettings",
     "ModelSpec",
     "PricingSettings",
     "QualitySettings",
     "QuarantineSettings",
+    "ReferenceLabels",
     "RouterSpec",
     "RunConfig",
     "SandboxSettings",
@@ -237,8 +240,13 @@ class SandboxSettings(_Strict):
     """A local sandbox provider for demos and tests (started by the CLI when enabled)."""
 
     enabled: bool = Field(False, description="Start the sandbox server and point the providers at it.")
-    responder: Literal["synthetic", "replay"] = Field(
-        "synthetic", description="'synthetic': made-up deterministic answers; 'replay': recorded answers."
+    responder: Literal["synthetic", "replay", "task"] = Field(
+        "synthetic",
+        description="'synthetic': made-up deterministic answers; 'replay': recorded answers; 'task': the "
+        "synthetic review task with a hidden rule and a judge (sandbox/tasks.py).",
+    )
+    task_weak_models: list[str] = Field(
+        default_factory=list, description="For the 'task' responder: the models that fail on the hidden rule."
     )
     replay_uri: str | None = Field(
         None,
@@ -279,6 +287,73 @@ class SandboxSettings(_Strict):
         return self
 
 
+class ReferenceLabels(_Strict):
+    """Labels from a gold column: each model's answer is 1 when it matches, else 0."""
+
+    column: str = Field(min_length=1, description="Input column holding the gold label or answer.")
+    matcher: Literal["exact", "normalized", "regex", "json_field", "number"] = Field(
+        "normalized",
+        description="exact; normalized (case, punctuation, spacing ignored); regex (first group of `pattern`); "
+        "json_field (dotted `field` of the answer's JSON); number (last number, within `tolerance`).",
+    )
+    pattern: str | None = Field(None, description="Regex for the regex matcher; its first group is the answer.")
+    field: str | None = Field(None, description="Dotted JSON field for the json_field matcher.")
+    tolerance: float = Field(1e-6, ge=0.0, description="Absolute tolerance of the number matcher.")
+
+    @model_validator(mode="after")
+    def _matcher_settings(self) -> ReferenceLabels:
+        if self.matcher == "regex":
+            if not self.pattern:
+                raise ValueError("matcher 'regex' needs a pattern")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regex: {exc}") from None
+        if self.matcher == "json_field" and not self.field:
+            raise ValueError("matcher 'json_field' needs a field")
+        return self
+
+
+class JudgeLabels(_Strict):
+    """Labels from a judge model answering through its batch API."""
+
+    model: ModelSpec = Field(description="The judge: any supported provider and model.")
+    mode: Literal["pairwise", "single"] = Field(
+        "pairwise",
+        description="pairwise: both answers compared, asked in both orders (ties allowed); single: each answer graded 1-5.",
+    )
+
+
+class LearnSettings(_Strict):
+    """`routellm-batch learn`: how the sample is labelled, trained and judged good enough to promote."""
+
+    reference: ReferenceLabels | None = Field(None, description="Label by a gold column (set this or judge).")
+    judge: JudgeLabels | None = Field(None, description="Label by a judge model (set this or reference).")
+    stratify_by: str | None = Field(None, description="Input column to sample evenly across (a task or template).")
+    routers: list[Literal["mf", "sw_ranking", "stacked"]] = Field(
+        default_factory=lambda: ["mf", "sw_ranking", "stacked"],
+        min_length=1,
+        description="Families tried; with more than one, the best by inner cross-validation is trained.",
+    )
+    folds: int = Field(5, ge=2, le=20, description="Folds of the out-of-fold evaluation.")
+    inner_folds: int = Field(3, ge=2, le=10, description="Folds of the inner cross-validation choosing the family.")
+    bootstrap: int = Field(500, ge=50, description="Bootstrap resamples for the confidence intervals.")
+    target_quality: float = Field(
+        0.95, gt=0.0, le=1.0, description="Threshold reported for this share of all-strong quality."
+    )
+    budget_usd: float | None = Field(
+        None, gt=0.0, description="Also report the threshold meeting this USD budget (scaled to the sample)."
+    )
+    promote: bool = Field(False, description="Promote the learned router when it beats random and length.")
+    seed: int = Field(0, description="Seed of sampling, folds and training.")
+
+    @model_validator(mode="after")
+    def _one_label_source(self) -> LearnSettings:
+        if (self.reference is None) == (self.judge is None):
+            raise ValueError("set exactly one of 'reference' and 'judge'")
+        return self
+
+
 class RunConfig(_Strict):
     job_name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Stable job name; part of run_id.")
     input: InputTable
@@ -295,6 +370,7 @@ class RunConfig(_Strict):
     quality: QualitySettings = Field(
         default_factory=QualitySettings, description="Known answer quality, for the run report (optional)."
     )
+    learn: LearnSettings | None = Field(None, description="How `routellm-batch learn` labels and trains.")
 
     def run_id(self, run_date: date) -> str:
         return f"{self.job_name}/{run_date.isoformat()}"
