@@ -27,7 +27,7 @@ from routellm_batch.ledger import Ledger, ShardRecord, ShardState
 if TYPE_CHECKING:
     from routellm_batch.config import RunConfig
 
-__all__ = ["LedgerProgress", "interactive"]
+__all__ = ["LedgerProgress", "SparkProgress", "interactive"]
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +126,49 @@ class LedgerProgress:
                 bar.n = done_rows[name]
                 bar.set_postfix_str(f"{shards} shard(s)", refresh=False)
                 bar.refresh()
+
+
+class SparkProgress:
+    """A bar of the Spark tasks done while a block runs (scoring and splitting), from Spark's own
+    status tracker; on a terminal only (Spark's console progress bar is off in our sessions)."""
+
+    def __init__(self, spark: Any, *, bars: bool | None = None, refresh_s: float = 0.5, desc: str = "spark tasks") -> None:
+        self.spark = spark
+        self.bars = interactive() if bars is None else bars
+        self.refresh_s = refresh_s
+        self.desc = desc
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="spark-progress", daemon=True)
+        self._done: dict[int, tuple[int, int]] = {}  # stage id -> (tasks done, tasks)
+        self._bar: Any = None
+
+    def __enter__(self) -> SparkProgress:
+        if self.bars:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, desc=self.desc, unit="task", file=sys.stderr, dynamic_ncols=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._bar is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            if exc_type is None:
+                self._bar.n = self._bar.total  # the last stages may end between two looks
+            self._bar.close()
+
+    def _loop(self) -> None:
+        tracker = self.spark.sparkContext.statusTracker()
+        while not self._stop.wait(self.refresh_s):
+            try:
+                for stage_id in tracker.getActiveStageIds():
+                    info = tracker.getStageInfo(stage_id)
+                    if info is not None:
+                        self._done[stage_id] = (info.numCompletedTasks, info.numTasks)
+            except Exception as exc:  # the session stopping under us
+                log.debug("spark progress: %s", exc)
+                continue
+            self._bar.total = sum(total for _, total in self._done.values())
+            self._bar.n = sum(done for done, _ in self._done.values())
+            self._bar.refresh()

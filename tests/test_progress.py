@@ -46,3 +46,14 @@ def test_bars_draw_rows_per_queue_and_step(tmp_path: Path, monkeypatch: pytest.M
 def test_no_bars_in_airflow_or_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal
     assert not interactive()
+
+
+def test_spark_bar_counts_the_tasks_of_the_job_it_watches(spark, monkeypatch: pytest.MonkeyPatch) -> None:
+    from routellm_batch.progress import SparkProgress
+
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    with SparkProgress(spark, bars=True, refresh_s=0.02, desc="scoring"):
+        # Slow enough per task that the tracker sees the stage while it runs.
+        spark.sparkContext.parallelize(range(8), 8).map(lambda x: __import__("time").sleep(0.3) or x).count()
+    assert "scoring" in err.getvalue() and "/8" in err.getvalue()

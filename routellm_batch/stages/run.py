@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.lease import run_lease
 from routellm_batch.ledger import Ledger, atomic_output, filesystem_for, utcnow
-from routellm_batch.progress import LedgerProgress
+from routellm_batch.progress import LedgerProgress, SparkProgress
 from routellm_batch.stages import add_run_arguments
 
 __all__ = ["QUALITY_HOOK", "STAGES", "RunResult", "StageOutcome", "add_arguments", "execute", "run", "sandboxed", "summary_table"]
@@ -125,6 +125,9 @@ class _Run:
             self._spark = get_spark(self.config.spark, app_name=f"{self.config.job_name}:run")
         return self._spark
 
+    def close(self) -> None:
+        self._stack.close()
+
     @property
     def live(self) -> RunConfig:
         """The config with the providers reachable (the sandbox started when enabled)."""
@@ -136,13 +139,15 @@ class _Run:
 def _validate(r: _Run) -> StageOutcome:
     from routellm_batch.stages import validate
 
-    return StageOutcome(validate.execute(r.config, r.run_date, r.spark).render(), True)
+    with SparkProgress(r.spark, desc="validate (spark tasks)"):
+        return StageOutcome(validate.execute(r.config, r.run_date, r.spark).render(), True)
 
 
 def _split(r: _Run) -> StageOutcome:
     from routellm_batch.stages import split
 
-    return StageOutcome(split.score_and_split(r.config, r.run_date, r.spark).render(), True)
+    with SparkProgress(r.spark, desc="score+split (spark tasks)"):
+        return StageOutcome(split.score_and_split(r.config, r.run_date, r.spark).render(), True)
 
 
 def _submit(r: _Run) -> StageOutcome:
@@ -238,9 +243,7 @@ class RunResult:
 
 def execute(config: RunConfig, run_date: date, *, from_stage: str | None = None) -> RunResult:
     """Run the stages in order, skipping the ones already complete and unchanged."""
-    with run_lease(config, run_date, stage="run"), contextlib.ExitStack() as stack:
-        r = _Run(config, run_date)
-        stack.callback(r._stack.close)
+    with run_lease(config, run_date, stage="run"), contextlib.closing(_Run(config, run_date)) as r:
         markers = _Markers(config, run_date)
         if from_stage is not None:
             markers.drop(list(STAGE_NAMES[STAGE_NAMES.index(from_stage) :]))
