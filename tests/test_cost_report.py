@@ -4,6 +4,7 @@ and the table read back from Parquet equal to the Decimal amounts computed by ha
 from __future__ import annotations
 
 import re
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,12 @@ def test_cost_report_equals_the_sandbox_billing_priced_by_hand_through_faults_re
             sum(r["status"] == s for r in mine) for s in ("succeeded", "errored", "expired", "canceled")
         )
     assert summary.outcomes["strong"].failed + summary.outcomes["weak"].failed == sum(r["status"] != "succeeded" for r in responses)
+    errors = Counter((r["queue"], r["error_type"]) for r in responses if r["status"] != "succeeded")
+    for queue, q in summary.outcomes.items():
+        ranked = sorted(((e, n) for (qq, e), n in errors.items() if qq == queue), key=lambda item: (-item[1], item[0]))
+        assert q.top_errors == tuple(ranked[: report.TOP_ERRORS])
+        assert f"  {q.render()}" in summary.render().splitlines()
+    assert any(q.top_errors for q in summary.outcomes.values())
 
 
 # --- the report's one-outcome guard ------------------------------------------------------------------

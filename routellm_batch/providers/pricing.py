@@ -109,9 +109,6 @@ class TokenUsage:
         if self.reasoning_tokens > self.output_tokens:
             raise ValueError(f"{model}: reasoning tokens exceed the output tokens: {counts}")
 
-    def __add__(self, other: TokenUsage) -> TokenUsage:
-        return TokenUsage(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)))
-
     def without_cache_writes(self) -> TokenUsage:
         """The same tokens with cache writes counted as plain input (where writes cost nothing extra)."""
         return dataclasses.replace(self, cache_write_5m_tokens=0, cache_write_1h_tokens=0)
