@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "BatchSettings",
+    "CascadeSettings",
     "ColumnMapping",
     "ConfigError",
     "InputTable",
@@ -354,6 +355,37 @@ class LearnSettings(_Strict):
         return self
 
 
+class CascadeSettings(_Strict):
+    """The cascade policy: after pass 1, the weak queue's answers are scored for doubt and the most
+    doubtful are answered again by the strong model in a second set of batches (`escalate` stage)."""
+
+    scorer: Literal["logprob", "invalid", "agreement", "learned"] = Field(
+        description="Escalation scorer (routellm_batch.escalation.registry); 'learned' needs scorer_dir."
+    )
+    scorer_dir: str | None = Field(None, description="A scorer directory written by the scorer's save (config.json).")
+    scorer_settings: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword settings of a scorer built by kind (logprob labels, invalid schema)."
+    )
+    share: float | None = Field(
+        None, gt=0.0, le=1.0, description="Escalate at most this share of the weak queue (set this or budget_usd)."
+    )
+    budget_usd: float | None = Field(
+        None, gt=0.0, description="Escalate while pass 2's estimated batch cost stays within this USD (or share)."
+    )
+    min_doubt: float = Field(0.0, ge=0.0, lt=1.0, description="Only answers with doubt above this are escalated.")
+    top_logprobs: int = Field(
+        5, ge=0, le=20, description="For the logprob scorer: top_logprobs asked of the weak model (logprobs: true)."
+    )
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> CascadeSettings:
+        if (self.share is None) == (self.budget_usd is None):
+            raise ValueError("set exactly one of 'share' and 'budget_usd'")
+        if self.scorer == "learned" and not self.scorer_dir:
+            raise ValueError("scorer 'learned' needs scorer_dir (a trained scorer's directory)")
+        return self
+
+
 class RunConfig(_Strict):
     job_name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Stable job name; part of run_id.")
     input: InputTable
@@ -371,6 +403,31 @@ class RunConfig(_Strict):
         default_factory=QualitySettings, description="Known answer quality, for the run report (optional)."
     )
     learn: LearnSettings | None = Field(None, description="How `routellm-batch learn` labels and trains.")
+    cascade: CascadeSettings | None = Field(
+        None, description="Cascade policy: escalate the most doubtful weak answers to the strong model (pass 2)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ask_weak_logprobs(cls, raw: Any) -> Any:
+        # The logprob scorer reads the weak answers' log-probabilities: the weak requests ask for them.
+        cascade, weak = (raw.get("cascade"), raw.get("weak")) if isinstance(raw, dict) else (None, None)
+        if isinstance(cascade, dict) and cascade.get("scorer") == "logprob" and isinstance(weak, dict):
+            if weak.get("provider") == "openai":
+                template = {"logprobs": True, "top_logprobs": cascade.get("top_logprobs", 5), **(weak.get("request_template") or {})}
+                raw = {**raw, "weak": {**weak, "request_template": template}}
+        return raw
+
+    @model_validator(mode="after")
+    def _cascade_provider(self) -> RunConfig:
+        if self.cascade is not None:
+            from routellm_batch.escalation.base import ScorerUnsupported, check_provider
+
+            try:
+                check_provider(self.cascade.scorer, self.weak.provider)
+            except ScorerUnsupported as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     def run_id(self, run_date: date) -> str:
         return f"{self.job_name}/{run_date.isoformat()}"
@@ -448,6 +505,7 @@ _PATH_SETTINGS = (
     ("sandbox", "replay_uri"),
     ("sandbox", "state_dir"),
     ("quality", "known_outcomes"),
+    ("cascade", "scorer_dir"),
 )
 
 
