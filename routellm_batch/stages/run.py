@@ -30,12 +30,14 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from routellm_batch.config import RunConfig, load_config
+from routellm_batch.labels import router_provenance_line
 from routellm_batch.lease import run_lease
 from routellm_batch.ledger import Ledger, atomic_output, filesystem_for, utcnow
 from routellm_batch.progress import LedgerProgress, SparkProgress
+from routellm_batch.run_report import quality_figures, read_known_outcomes, report_uri
 from routellm_batch.stages import add_run_arguments
 
-__all__ = ["QUALITY_HOOK", "STAGES", "RunResult", "StageOutcome", "add_arguments", "execute", "run", "sandboxed", "summary_table"]
+__all__ = ["STAGES", "RunResult", "StageOutcome", "add_arguments", "execute", "run", "sandboxed", "summary_table"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,13 @@ def _collect(r: _Run) -> StageOutcome:
     return StageOutcome(s.render(), s.done)
 
 
+def _escalate(r: _Run) -> StageOutcome:
+    from routellm_batch.stages import escalate
+
+    s = escalate.execute(r.live, r.run_date)
+    return StageOutcome(s.render(), s.done)
+
+
 def _report(r: _Run) -> StageOutcome:
     from routellm_batch.stages import report
 
@@ -187,6 +196,8 @@ class Stage:
     """Tables whose run-date partition it writes; checked unchanged before a skip."""
     batches: bool = False
     """It works on provider batches: progress is shown from the ledger while it runs."""
+    applies: Callable[[RunConfig], bool] = lambda c: True
+    """Whether this run config has the stage at all (escalate: only with a cascade policy)."""
 
 
 STAGES: tuple[Stage, ...] = (
@@ -195,6 +206,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("submit", _submit, lambda c: [_models(c), c.batch.model_dump(mode="json", include={"max_requests", "max_bytes", "max_attempts"})], batches=True),
     Stage("wait", _wait, lambda c: [], batches=True),
     Stage("collect", _collect, lambda c: [c.batch.max_attempts], ("responses",), batches=True),
+    Stage("escalate", _escalate, lambda c: [c.cascade.model_dump(mode="json") if c.cascade else None, _models(c)], ("responses", "superseded"), batches=True, applies=lambda c: c.cascade is not None),
     Stage("report", _report, lambda c: [c.pricing.model_dump(mode="json"), _models(c)], ("cost_report",)),
 )  # fmt: skip
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -243,6 +255,8 @@ class RunResult:
 
 def execute(config: RunConfig, run_date: date, *, from_stage: str | None = None) -> RunResult:
     """Run the stages in order, skipping the ones already complete and unchanged."""
+    if config.quality.known_outcomes is not None:
+        read_known_outcomes(config.quality.known_outcomes)  # a bad file fails before anything is paid for
     with run_lease(config, run_date, stage="run"), contextlib.closing(_Run(config, run_date)) as r:
         markers = _Markers(config, run_date)
         if from_stage is not None:
@@ -252,6 +266,8 @@ def execute(config: RunConfig, run_date: date, *, from_stage: str | None = None)
         skipped: list[str] = []
         texts: list[str] = []
         for i, stage in enumerate(STAGES):
+            if not stage.applies(config):
+                continue
             # None anywhere (an input that cannot be listed): the stage always runs.
             fingerprint = _hash(stage.name, stage.settings(config), upstream) if upstream is not None else None
             marker = markers.read(stage.name)
@@ -300,10 +316,6 @@ def _partition(config: RunConfig, run_date: date, name: str, columns: list[str])
     return dataset.to_table(columns=[c for c in columns if c in dataset.schema.names]).to_pylist()
 
 
-QUALITY_HOOK: Callable[[RunConfig, date], str | None] = lambda config, run_date: None  # noqa: E731
-"""Quality against all-strong when outcomes are known (set by the quality code); None: unknown."""
-
-
 def summary_table(config: RunConfig, run_date: date) -> str:
     """One table a person reads at the end of a run, from the tables themselves."""
     from collections import Counter
@@ -327,11 +339,15 @@ def summary_table(config: RunConfig, run_date: date) -> str:
             base = Decimal(total[key])
             saved = f"{(base - spent) / base:.1%}" if base else "n/a"
             rows.append((f"cost vs {label} (USD)", f"{spent:.4f} vs {base:.4f}: {base - spent:.4f} saved ({saved})"))
-    rows.append(("quality vs all-strong", QUALITY_HOOK(config, run_date) or "unknown (no graded outcomes)"))
+    quality = quality_figures(config, run_date)
+    rows.append(("quality vs all-strong", quality.vs_all_strong() if quality else "unknown (no known outcomes configured)"))
     for name in ("prompts", "quarantine", "routed", "responses", "cost_report"):
         rows.append((f"table {name}", f"{config.table_uri(name)}/run_date={run_date.isoformat()}"))
+    rows.append(("run report", f"{report_uri(config, run_date)}/index.html"))
     width = max(len(k) for k, _ in rows)
-    return "\n".join([f"run {config.run_id(run_date)}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+    lines = [f"run {config.run_id(run_date)}"] + [f"  {k:<{width}}  {v}" for k, v in rows]
+    provenance = router_provenance_line(config)
+    return "\n".join(lines + ([f"note: {provenance}"] if provenance else []))
 
 
 # -- CLI -----------------------------------------------------------------------------------------------
