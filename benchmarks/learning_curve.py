@@ -1,7 +1,7 @@
 """How many labelled prompts does a workload need? Out-of-fold APGR of a router learned from N in-domain prompts.
 
     python benchmarks/learning_curve.py [--data-root DIR] [--sizes 100,300,1000,3000] [--repeats 3]
-                                        [--families mf,sw_ranking,stacked] [--folds 5] [--out out/learning_curve]
+                                        [--families mf,sw_ranking,stacked,embed_ridge] [--folds 5] [--out out/learning_curve]
 
 Workloads: each of LLMRouter's 14 tasks alone (strong llama-3.1-nemotron-51b-instruct vs weak
 mistral-7b-instruct-v0.3, the pair with a gap on most tasks), and RouteLLM's MMLU and GSM8K alone
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--sizes", default="100,300,1000,3000")
     parser.add_argument("--repeats", type=int, default=3, help="draws of N prompts per cell (mean reported)")
-    parser.add_argument("--families", default="mf,sw_ranking,stacked")
+    parser.add_argument("--families", default="mf,sw_ranking,stacked,embed_ridge")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", default=None, help="comma-separated workload names (default: all)")
     parser.add_argument("--spread", action="store_true", help="show min-max of the draws in each cell")

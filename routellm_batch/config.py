@@ -331,7 +331,7 @@ class LearnSettings(_Strict):
     reference: ReferenceLabels | None = Field(None, description="Label by a gold column (set this or judge).")
     judge: JudgeLabels | None = Field(None, description="Label by a judge model (set this or reference).")
     stratify_by: str | None = Field(None, description="Input column to sample evenly across (a task or template).")
-    routers: list[Literal["mf", "sw_ranking", "stacked"]] = Field(
+    routers: list[Literal["mf", "sw_ranking", "stacked", "embed_ridge"]] = Field(
         default_factory=lambda: ["mf", "sw_ranking", "stacked"],
         min_length=1,
         description="Families tried; with more than one, the best by inner cross-validation is trained.",

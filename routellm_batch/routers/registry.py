@@ -18,6 +18,7 @@ ROUTERS: dict[str, str] = {
     "bert": "routellm_batch.routers.bert:BertRouter",
     "causal_llm": "routellm_batch.routers.causal_llm:CausalLLMRouter",
     "stacked": "routellm_batch.routers.stacked:StackedRouter",
+    "embed_ridge": "routellm_batch.routers.embed_ridge:EmbedRidgeRouter",
 }
 
 

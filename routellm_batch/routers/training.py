@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 #: The embedder each family trains with when none is given. mf gets cheap text statistics appended
 #: (it standardizes its inputs); sw_ranking compares prompts by cosine similarity, which such
 #: unscaled statistics would swamp, so it gets the plain embedding.
-DEFAULT_EMBEDDERS: dict[str, str] = {"mf": "wordllama+features", "sw_ranking": "wordllama", "stacked": "wordllama"}
+DEFAULT_EMBEDDERS: dict[str, str] = {"mf": "wordllama+features", "sw_ranking": "wordllama", "stacked": "wordllama",
+                                   "embed_ridge": "wordllama"}
 
 
 def _train_mf(battles, out_dir, *, seed, strong_model, weak_model, embedder, **options) -> Router:
@@ -68,6 +69,13 @@ def _train_stacked(battles, out_dir, *, seed, strong_model, weak_model, embedder
     return StackedRouter.fit(battles, embedder, seed=seed, strong_model=strong_model, weak_model=weak_model, **options)
 
 
+def _train_embed_ridge(battles, out_dir, *, seed, strong_model, weak_model, embedder, **options) -> Router:
+    from routellm_batch.routers.embed_ridge import EmbedRidgeRouter
+
+    return EmbedRidgeRouter.fit(battles, embedder, seed=seed, strong_model=strong_model, weak_model=weak_model,
+                                **options)
+
+
 def _train_bert(battles, out_dir, *, seed, strong_model, weak_model, embedder, **options) -> Router:
     # The bert family brings its own encoder; an embedder does not apply.
     from routellm_batch.routers.bert import train_bert
@@ -89,6 +97,7 @@ TRAINERS: dict[str, Callable[..., Router]] = {
     "mf": _train_mf,
     "sw_ranking": _train_sw_ranking,
     "stacked": _train_stacked,
+    "embed_ridge": _train_embed_ridge,
     "bert": _train_bert,
 }
 _SAVES_ITSELF = {"bert"}  # train_bert writes out_dir itself

@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import shutil
+import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
@@ -53,6 +54,8 @@ __all__ = [
 ROLES = ("strong", "weak")
 SAMPLE_FILE = "sample.parquet"
 REPORT_FILE = "learn_report.json"
+#: The families learn can train: the ones the config's `learn.routers` allows (one list, in config.py).
+LEARN_FAMILIES: tuple[str, ...] = typing.get_args(typing.get_args(LearnSettings.model_fields["routers"].annotation)[0])
 
 
 class LearnRefused(RuntimeError):
@@ -510,8 +513,8 @@ def execute(
     learn = config.learn
     if learn is None:
         raise ConfigError("learn: the config has no `learn:` section (reference or judge labels)")
-    if router is not None and router not in ("mf", "sw_ranking", "stacked"):
-        raise ConfigError(f"learn: --router {router!r}: trainable families are mf, sw_ranking, stacked")
+    if router is not None and router not in LEARN_FAMILIES:
+        raise ConfigError(f"learn: --router {router!r}: trainable families are {', '.join(LEARN_FAMILIES)}")
     if sample_size < 2 * learn.folds:
         raise ConfigError(f"learn: --sample {sample_size} is too small for {learn.folds} folds")
     out = Path(out_dir)
@@ -600,7 +603,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (the same folder resumes a crashed run)")
     parser.add_argument("--run-date", default=None, help="YYYY-MM-DD of the input to sample (default: today)")
     parser.add_argument("--max-usd", type=float, default=None, help="refuse to start above this estimated cost")
-    parser.add_argument("--router", default=None, help="train this family (mf, sw_ranking, stacked) instead of choosing")
+    parser.add_argument("--router", default=None, help=f"train this family ({', '.join(LEARN_FAMILIES)}) instead of choosing")
     parser.add_argument("--promote", action="store_true", default=None, help="promote when it beats random and length")
 
 
