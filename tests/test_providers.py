@@ -95,6 +95,10 @@ def test_limits_are_declared_and_config_can_only_lower_them() -> None:
     assert OpenAIBatchProvider.limits == BatchLimits(50_000, 200_000_000)
     assert AnthropicBatchProvider.limits == BatchLimits(100_000, 256_000_000)
     assert OpenAIBatchProvider.limits.capped(BatchSettings(max_requests=10, max_bytes=10**12)) == BatchLimits(10, 200_000_000)
+    # "200 MB" / "256 MB" read as 10^6-byte megabytes, the stricter reading; the sandbox enforces the same caps.
+    from routellm_batch.sandbox.store import Limits
+
+    assert (Limits().openai_max_file_bytes, Limits().anthropic_max_bytes) == (200_000_000, 256_000_000)
     lim = ShardLimits.for_provider(AnthropicBatchProvider.limits, BatchSettings(max_bytes=1000, enqueued_token_budget=99))
     assert (lim.max_requests, lim.max_bytes, lim.max_tokens) == (100_000, 1000, 99)
 
@@ -495,7 +499,9 @@ def test_overloaded_answers_are_retried_after_the_providers_retry_after(
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
-def test_cancelling_a_batch_that_already_ended_reads_it_again(provider: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def test_cancelling_a_batch_that_already_ended_reads_it_again(
+    provider: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """OpenAI answers 409 to a cancel of a completed batch: we read the batch and carry on."""
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     with SandboxServer(tick_seconds=0) as srv:
@@ -506,6 +512,11 @@ def test_cancelling_a_batch_that_already_ended_reads_it_again(provider: str, mon
         payload = ShardPayload("s0", "r", 1, 1, len(line), lambda: open(tmp_path / "in.jsonl", "rb"))
         created = p.create(payload, input_file_id=p.upload_input(payload), metadata={})
         assert p.retrieve(created.batch_id).state.terminal
-        info = p.cancel(created.batch_id)
+        with caplog.at_level(logging.INFO, logger="routellm_batch.providers.base"):
+            info = p.cancel(created.batch_id)
         assert info.batch_id == created.batch_id and info.state.value == "completed"
         assert srv.stats()["calls"][f"{provider}.batches.cancel"] == 1  # a 409 is not retried
+        if provider == "openai":  # Anthropic answers a cancel of an ended batch with the batch itself
+            (line,) = [r.getMessage() for r in caplog.records if "cancelled" in r.getMessage()]
+            assert line.startswith(f"openai: batch {created.batch_id} had already ended when it was cancelled (openai batches.cancel: HTTP 409")
+            assert line.endswith("); reading it again")

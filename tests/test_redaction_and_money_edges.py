@@ -183,3 +183,187 @@ def test_error_lines_of_both_providers_lose_the_key() -> None:
         ('{"custom_id": "c", "result": {"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": "key %s"}}}}' % KEY).encode()
     )
     assert an.error_message == f"api_error: key {REDACTED}"
+
+
+# -- round 2: what the first round of mutants still got past -----------------------------------------
+
+_STATUS_TYPES = {
+    400: ErrorType.INVALID_REQUEST, 404: ErrorType.INVALID_REQUEST, 405: ErrorType.INVALID_REQUEST,
+    413: ErrorType.INVALID_REQUEST, 415: ErrorType.INVALID_REQUEST, 422: ErrorType.INVALID_REQUEST,
+    401: ErrorType.AUTHENTICATION, 402: ErrorType.BILLING, 403: ErrorType.PERMISSION, 408: ErrorType.TIMEOUT,
+    504: ErrorType.TIMEOUT, 409: ErrorType.CONFLICT, 429: ErrorType.RATE_LIMITED, 503: ErrorType.OVERLOADED,
+    529: ErrorType.OVERLOADED, 500: ErrorType.SERVER_ERROR, 502: ErrorType.SERVER_ERROR, 505: ErrorType.SERVER_ERROR,
+    416: ErrorType.UNKNOWN, 302: ErrorType.UNKNOWN, None: ErrorType.UNKNOWN,
+}  # fmt: skip
+
+
+def test_each_http_status_has_its_exact_type() -> None:
+    from routellm_batch.providers.errors import classify_http_status
+
+    assert {s: classify_http_status(s) for s in _STATUS_TYPES} == _STATUS_TYPES
+
+
+@pytest.mark.parametrize("field", ["type", "code"])
+def test_insufficient_quota_is_recognised_from_the_type_or_the_code_alone(field: str) -> None:
+    err = _map(_StatusError(429, {field: "insufficient_quota", "message": "You exceeded your current quota"}))
+    assert err.error_type is ErrorType.BILLING
+    assert str(err).endswith("; the account's quota or spend limit is used up and retrying cannot help: raise the limit, then re-run")
+
+
+@pytest.mark.parametrize("name", ["APITimeoutError", "TimeoutException", "TimeoutError", "ReadTimeout"])
+def test_every_timeout_class_name_is_a_timeout(name: str) -> None:
+    err = _map(type(name, (Exception,), {})("slow"))
+    assert err.error_type is ErrorType.TIMEOUT and isinstance(err, TransientProviderError)
+
+
+@pytest.mark.parametrize("name", ["APIConnectionError", "ConnectError", "RemoteProtocolError", "ConnectionError", "OSError"])
+def test_every_connection_class_name_is_a_connection_error(name: str) -> None:
+    err = _map(type(name, (Exception,), {})("reset"))
+    assert str(err) == "openai batches.create: connection error (reset)" and isinstance(err, TransientProviderError)
+
+
+def test_a_status_error_without_body_or_message_attributes_still_maps() -> None:
+    class Bare(Exception):
+        status_code = 418
+
+    err = _map(Bare())
+    assert str(err) == "openai batches.create: HTTP 418" and err.error_type is ErrorType.UNKNOWN
+
+
+def test_sdk_failures_name_the_provider_and_the_operation(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _provider("anthropic")
+    with pytest.raises(TransientProviderError, match=r"^anthropic messages\.batches\.list: connection error \(x\)$"):
+        p._call("messages.batches.list", lambda: (_ for _ in ()).throw(APIConnectionError("x")))
+    p.retry = type(p.retry)(attempts=1)
+    with pytest.raises(TransientProviderError, match=r"^anthropic op-x: connection error"):
+        p._retrying("op-x", lambda: (_ for _ in ()).throw(APIConnectionError("x")))
+
+
+def test_a_missing_key_variable_is_an_authentication_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UNUSED_IN_THIS_TEST", raising=False)
+    p = build_provider(ModelSpec(provider="openai", model="gpt-4.1", api_key_env="UNUSED_IN_THIS_TEST"))
+    with pytest.raises(CredentialsError) as exc:
+        p.api_key()
+    assert exc.value.error_type is ErrorType.AUTHENTICATION and "UNUSED_IN_THIS_TEST" in str(exc.value)
+
+
+def test_a_key_given_at_construction_is_used_and_clients_are_built_sync_or_async(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anthropic
+
+    spec = ModelSpec(provider="anthropic", model="claude-haiku-4-5", api_key_env="UNUSED_IN_THIS_TEST")
+    monkeypatch.delenv("UNUSED_IN_THIS_TEST", raising=False)
+    p = build_provider(spec, api_key=KEY, timeout_s=7.0, create_timeout_s=3.0)
+    assert p.api_key() == KEY and p.timeout_s == 7.0 and p.create_timeout_s(10**9) == 3.0
+    assert isinstance(p.client(asynchronous=True), anthropic.AsyncAnthropic)
+    sync = p.client()
+    assert isinstance(sync, anthropic.Anthropic) and sync.timeout == 7.0
+    closed: list[bool] = []
+    monkeypatch.setattr(sync, "close", lambda: closed.append(True))
+    p.close()
+    assert closed == [True] and False not in p._clients and True in p._clients  # the async one is the loop's to close
+    assert build_provider(spec).timeout_s == 120.0
+    with pytest.raises(ValueError, match="AnthropicBatchProvider serves provider 'anthropic', the spec says 'openai'"):
+        type(p)(ModelSpec(provider="openai", model="gpt-4.1", api_key_env="X"))
+
+
+def test_create_timeout_grows_with_the_payload_by_a_second_per_mb_up_to_900s() -> None:
+    p = _provider("anthropic")
+    assert p.create_timeout_s(0) == 30.0 and p.create_timeout_s(5_000_000) == 35.0
+    assert p.create_timeout_s(10**12) == 900.0 and p.create_timeout_s(869_000_000) == 899.0
+
+
+def test_malformed_result_line_keeps_its_message_and_custom_id() -> None:
+    from routellm_batch.providers.base import MalformedResultLine
+
+    err = MalformedResultLine("not JSON", "c1")
+    assert str(err) == "not JSON" and err.custom_id == "c1"
+
+
+def test_a_key_of_exactly_four_chars_is_removed_from_streams_and_a_short_first_chunk_is_held() -> None:
+    assert b"".join(_provider("openai", key="abcd")._guarded("op", iter([b"x abcd XXXX"]))) == b"x [redacted] XXXX"
+    assert b"".join(_provider("openai", key="abc")._guarded("op", iter([b"x abc XXXX"]))) == b"x abc XXXX"
+    data = (KEY + " tail").encode()
+    assert b"".join(_provider("openai")._guarded("op", iter([data[:1], data[1:]]))) == b"[redacted] tail"
+
+
+# -- money: pricing.py and the cost arithmetic of the report ---------------------------------------------
+
+from decimal import Decimal  # noqa: E402
+
+from routellm_batch.providers.pricing import ModelPrice, PriceTable, TokenUsage, UnknownModelError  # noqa: E402
+
+_FULL = ModelPrice("full", Decimal(3), Decimal(15), Decimal("0.3"), Decimal("3.75"), Decimal(6), version="t")
+_NO_CACHE = ModelPrice("plain", Decimal(2), Decimal(8), version="t")
+_NO_1H = ModelPrice("no1h", Decimal(2), Decimal(8), Decimal("0.5"), Decimal("2.5"), None, version="t")
+_USAGE = TokenUsage(input_tokens=1_000_000, output_tokens=100_000, cached_input_tokens=200_000,
+                    cache_write_5m_tokens=300_000, cache_write_1h_tokens=100_000)  # fmt: skip
+
+
+def test_plain_token_counts_cost_input_and_output_at_their_rates_output_defaulting_to_none() -> None:
+    assert _NO_CACHE.cost(1_000_000) == Decimal(2)
+    assert _NO_CACHE.cost(1_000_000, 500_000, Decimal("0.5")) == Decimal(3)
+    table = PriceTable("t", {"plain": _NO_CACHE})
+    assert table.cost("plain", 500_000) == Decimal(1) and table.cost("plain", 0, 1_000_000, discount=Decimal("0.5")) == Decimal(4)
+
+
+def test_every_kind_of_token_is_priced_at_its_own_rate() -> None:
+    # 400k uncached x 3 + 100k out x 15 + 200k cached x 0.3 + 300k 5m writes x 3.75 + 100k 1h writes x 6, per million
+    assert _FULL.cost(_USAGE) == Decimal("1.2") + Decimal("1.5") + Decimal("0.06") + Decimal("1.125") + Decimal("0.6")
+
+
+def test_a_kind_of_token_without_a_price_is_refused_when_billed_and_free_when_absent() -> None:
+    assert _NO_CACHE.cost(TokenUsage(input_tokens=10, output_tokens=1)) == Decimal("0.000028")
+    for usage in (TokenUsage(10, 0, cached_input_tokens=1), TokenUsage(10, 0, cache_write_5m_tokens=1), TokenUsage(10, 0, cache_write_1h_tokens=1)):
+        with pytest.raises(UnknownModelError, match="model 'plain' has no"):
+            _NO_CACHE.cost(usage)
+
+
+def test_impossible_usage_is_refused_naming_the_model() -> None:
+    with pytest.raises(ValueError, match="^full: token counts must be >= 0"):
+        _FULL.cost(TokenUsage(-1, 0))
+
+
+def test_baselines_price_a_kind_this_model_has_no_price_for_as_plain_input() -> None:
+    # Every price: same as cost.
+    assert _FULL.baseline_cost(_USAGE) == _FULL.cost(_USAGE)
+    # No cache prices at all: every input token is plain input.
+    assert _NO_CACHE.baseline_cost(_USAGE) == Decimal(2) + Decimal("0.8")
+    # Cached price but no 1h write price: writes count as plain input, cached tokens stay cached.
+    assert _NO_1H.baseline_cost(_USAGE, Decimal("0.5")) == (Decimal("1.6") + Decimal("0.8") + Decimal("0.1")) / 2
+    only_1h = ModelPrice("only1h", Decimal(2), Decimal(8), Decimal("0.5"), None, Decimal(4), version="t")
+    assert only_1h.baseline_cost(_USAGE) == Decimal("1.6") + Decimal("0.8") + Decimal("0.1")
+    no_cached = ModelPrice("nocached", Decimal(2), Decimal(8), None, Decimal("2.5"), Decimal(4), version="t")
+    assert no_cached.baseline_cost(_USAGE) == Decimal("1.2") + Decimal("0.8") + Decimal("0.75") + Decimal("0.4")
+
+
+def test_without_cache_writes_zeroes_both_write_counts_only() -> None:
+    assert _USAGE.without_cache_writes() == TokenUsage(1_000_000, 100_000, 200_000, 0, 0)
+
+
+def test_require_asks_an_unknown_provider_for_input_and_output_prices_only() -> None:
+    table = PriceTable("t", {"plain": _NO_CACHE})
+    assert table.require("plain", "some-vendor") is _NO_CACHE
+    with pytest.raises(UnknownModelError, match=r"has no 'cached_input' price .*; openai bills cache reads \(OpenAI cached_tokens, Anthropic cache_read_input_tokens\) separately"):
+        table.require("plain", "openai")
+    with pytest.raises(UnknownModelError, match="known models: a, plain"):
+        PriceTable("t", {"plain": _NO_CACHE, "a": _FULL}).price("zzz")
+
+
+def test_the_cost_rows_savings_are_online_baseline_minus_cost_and_the_total_row_sums_them(tmp_path: Any) -> None:
+    from test_cost_report import RUN_DATE, config, responses
+
+    from routellm_batch.stages import report
+
+    cfg = config(tmp_path)
+    rows = report.cost_rows(cfg, RUN_DATE, responses(cfg, [
+        {"model": "gpt-4.1", "queue": "strong", "input_tokens": 1_000_000, "output_tokens": 0},
+        {"model": "claude-haiku-4-5", "queue": "weak", "input_tokens": 1_000_000, "output_tokens": 0},
+    ]))  # fmt: skip
+    for r in rows:
+        assert r["savings_usd"] == r["baseline_online_usd"] - r["cost_usd"]
+    total = rows[-1]
+    assert (total["model"], total["provider"], total["queue"]) == ("all", "all", "all")
+    # gpt-4.1 $2 online, $1 batch; haiku $1 online, $0.5 batch; the all-strong online baseline is $4.
+    assert (total["cost_usd"], total["baseline_online_usd"], total["savings_usd"]) == (Decimal("1.5"), Decimal(4), Decimal("2.5"))
+    empty = report.cost_rows(cfg, RUN_DATE, responses(cfg, []))
+    assert len(empty) == 1 and all(isinstance(empty[0][k], Decimal) for k in ("cost_usd", "savings_usd"))

@@ -93,19 +93,21 @@ _ERROR_TYPES = {
     "overloaded": ("server_error", "overloaded_error"),
 }
 
-# Anthropic's three ways of saying "quota used up" (Faults.anthropic_quota_shape).
-_ANTHROPIC_QUOTA = {
-    "spend_cap": ApiError(
+# Anthropic's three ways of saying "quota used up" (Faults.anthropic_quota_shape): (status, kind, message, details).
+_ANTHROPIC_QUOTA: dict[str, tuple[int, Any, str, dict[str, str] | None]] = {
+    "spend_cap": (
         429, "quota", "You have reached your usage tier's monthly spend limit. Usage resumes on the first of next month.",
-        details={"error_code": "enforced_spend_limit_reached"},
+        {"error_code": "enforced_spend_limit_reached"},
     ),
-    "spend_limit": ApiError(
-        400, "invalid_request", "You have reached your specified API usage limits. You will regain access on the first of next month."
+    "spend_limit": (
+        400, "invalid_request", "You have reached your specified API usage limits. You will regain access on the first of next month.",
+        None,
     ),
-    "credit": ApiError(
-        402, "billing", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."
+    "credit": (
+        402, "billing", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+        None,
     ),
-}
+}  # fmt: skip
 
 
 def _provider_of(path: str) -> str:
@@ -213,7 +215,8 @@ class _App:
                 fault = self.store.http_fault_locked(endpoint)
             if fault == "quota_exceeded":
                 if provider == "anthropic":
-                    raise _ANTHROPIC_QUOTA[faults.anthropic_quota_shape]
+                    status, kind, message, details = _ANTHROPIC_QUOTA[faults.anthropic_quota_shape]
+                    raise ApiError(status, kind, message, details=details)
                 raise ApiError(
                     429, "quota", "sandbox fault: You exceeded your current quota, please check your plan and billing details.",
                     code="insufficient_quota",
