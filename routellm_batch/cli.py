@@ -16,7 +16,7 @@ from routellm_batch._extras import MissingExtra, needs_extra
 from routellm_batch.config import ConfigError
 
 # Commands that write a run date's tables or spend money: each holds the run's lease (one process per run date).
-LEASED = frozenset({"validate", "score", "split", "submit", "wait", "collect", "report", "run", "nightly"})
+LEASED = frozenset({"validate", "score", "split", "submit", "wait", "collect", "escalate", "report", "run", "nightly"})
 EXIT_USER_ERROR = 2
 EXIT_LEASE_HELD = 75  # EX_TEMPFAIL: another process is on this run date; try again later
 
@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("routellm_batch.stages.submit", "Stage 4: shard queues into provider batches and submit them."),
     "wait": ("routellm_batch.stages.wait", "Stage 5: poll until every batch of the run is terminal."),
     "collect": ("routellm_batch.stages.collect", "Stage 6: download results -> responses table; resubmit retryables."),
+    "escalate": ("routellm_batch.stages.escalate", "Cascade pass 2: escalate the most doubtful weak answers to the strong model."),
     "report": ("routellm_batch.stages.report", "Stage 7: cost account per model from reported usage; invariant checks."),
     "run": ("routellm_batch.stages.run", "Run every stage of one run date, in order; resumes a run that died."),
     "nightly": ("routellm_batch.stages.run", "Alias of `run`."),

@@ -42,8 +42,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The partition column lives in the directory name (as Spark writes it), not in the file.
-RESPONSES_FILE_SCHEMA = pa.schema([f for f in arrow_schema("responses") if f.name != "run_date"])
+# The partition column lives in the directory name (as Spark writes it), not in the file; the cascade
+# columns are written by `escalate` only.
+RESPONSES_FILE_SCHEMA = pa.schema([f for f in arrow_schema("responses") if f.name not in ("run_date", "pass", "escalation")])
 OUTCOME_SCHEMA = RESPONSES_FILE_SCHEMA.append(pa.field("retryable", pa.bool_(), nullable=False)).append(
     pa.field("final", pa.bool_(), nullable=False)
 )
