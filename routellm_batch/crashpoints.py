@@ -22,10 +22,9 @@ import os
 import signal
 from collections import Counter
 
-__all__ = ["ENV", "POINTS", "crash_point"]
+__all__ = ["ENV", "crash_point"]
 
 ENV = "ROUTELLM_BATCH_CRASH_AT"
-POINTS = ("upload.returned", "create.answered", "ledger.write:*", "results.download")
 _passes: Counter[str] = Counter()
 
 
