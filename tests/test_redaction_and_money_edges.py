@@ -367,7 +367,3 @@ def test_the_cost_rows_savings_are_online_baseline_minus_cost_and_the_total_row_
     assert (total["cost_usd"], total["baseline_online_usd"], total["savings_usd"]) == (Decimal("1.5"), Decimal(4), Decimal("2.5"))
     empty = report.cost_rows(cfg, RUN_DATE, responses(cfg, []))
     assert len(empty) == 1 and all(isinstance(empty[0][k], Decimal) for k in ("cost_usd", "savings_usd"))
-
-
-def test_usages_add_up_count_by_count() -> None:
-    assert TokenUsage(1, 2, 3, 4, 5, 6) + TokenUsage(10, 20, 30, 40, 50, 60) == TokenUsage(11, 22, 33, 44, 55, 66)
