@@ -96,13 +96,14 @@ def _worker(result_queue: Any, root: str, port: int, max_requests: int, trace: b
     import pyarrow as pa
 
     logging.basicConfig(level=logging.WARNING)
+    from routellm_batch.batches import open_run
     from routellm_batch.stages import collect, submit, wait
 
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 - MB (Linux: KB)
     cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # noqa: E731
     cfg = _config(root, port, max_requests)
-    submit.open_run(cfg, RUN_DATE).providers["strong"].client()  # import the SDKs before measuring
-    submit.open_run(cfg, RUN_DATE).providers["weak"].client()
+    open_run(cfg, RUN_DATE).providers["strong"].client()  # import the SDKs before measuring
+    open_run(cfg, RUN_DATE).providers["weak"].client()
     base, cpu0 = rss(), cpu()
     if trace:
         tracemalloc.start()

@@ -152,7 +152,7 @@ class _NoServer:
 
 def test_two_collects_at_once_one_fails_fast_and_nothing_is_billed_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two schedulers' retries overlap on one run date: the plan exists, no batch yet; both would create them."""
-    from routellm_batch.stages.submit import QUEUES, open_run, plan_queue
+    from routellm_batch.batches import QUEUES, open_run, plan_queue
 
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     with SandboxServer(responder=SyntheticResponder(seed=3), tick_seconds=1.0, port=0, state_dir=tmp_path / "sandbox") as srv:

@@ -34,6 +34,8 @@ from routellm_batch.providers.retry import RetryPolicy
 from routellm_batch.sandbox.faults import Faults
 from routellm_batch.sandbox.responders import SyntheticResponder
 from routellm_batch.sandbox.server import SandboxServer
+from routellm_batch import batches
+from routellm_batch.batches import aio
 from routellm_batch.stages import collect, submit, wait
 
 FAST = {"retry": RetryPolicy(attempts=8, initial_wait=0.01, max_wait=0.2)}
@@ -254,7 +256,7 @@ def _truncate_third_line(ctx: Any, rel: str) -> str:
 def _submitted_and_finished(cfg: Any) -> Any:
     submit.execute(cfg, RUN_DATE, provider_options=FAST)
     wait.execute(cfg, RUN_DATE, timeout=30, provider_options=FAST)
-    return submit.open_run(cfg, RUN_DATE, provider_options=FAST)
+    return batches.open_run(cfg, RUN_DATE, provider_options=FAST)
 
 
 def test_a_result_line_broken_in_the_download_is_fetched_again(tmp_path: Path) -> None:
@@ -428,9 +430,9 @@ def test_an_unverified_anthropic_batch_that_proves_foreign_is_replaced(tmp_path:
         cfg = make_config(srv, tmp_path, max_requests=50)
         rows = simple_rows(cfg, 0, 4)
         write_routed(cfg, rows)
-        ctx = submit.open_run(cfg, RUN_DATE, provider_options=FAST)
-        submit.plan_queue(ctx, "strong")
-        plan = submit.plan_queue(ctx, "weak")
+        ctx = batches.open_run(cfg, RUN_DATE, provider_options=FAST)
+        batches.plan_queue(ctx, "strong")
+        plan = batches.plan_queue(ctx, "weak")
         rec = plan.shards[0]
         # Our process "crashed" right after recording the intent; the create never left.
         ctx.ledger.advance(rec, ShardState.SUBMITTING, note="create try 1", intent_at=utcnow(), create_timeout_s=0.2)
@@ -468,7 +470,7 @@ def test_async_poll_once_updates_the_ledger_like_the_sync_poll(tmp_path: Path) -
         while {b.status for b in srv.batches()} - {"completed", "ended"}:
             assert time.monotonic() < deadline, [b.status for b in srv.batches()]
             time.sleep(0.02)
-        report = asyncio.run(wait.apoll_once(cfg, RUN_DATE))
+        report = asyncio.run(aio.apoll_once(cfg, RUN_DATE))
         assert report.done and set(report.states.values()) == {"completed"}
         assert all(r.provider_status in ("completed", "ended") for r in Ledger.for_run(cfg, RUN_DATE).records())
 
@@ -558,11 +560,11 @@ def _drive_openai_shard(tmp_path: Path, faults: Faults) -> tuple[Any, Any, Any]:
     # list_lag_seconds=0: the client trusts the list at once, shorter than the provider's lag.
     cfg = make_config(srv, tmp_path, max_requests=50, list_lag_seconds=0)
     write_routed(cfg, simple_rows(cfg, 4, 0))
-    ctx = submit.open_run(cfg, RUN_DATE, provider_options=FAST)
+    ctx = batches.open_run(cfg, RUN_DATE, provider_options=FAST)
     ctx.sleep = clock.sleep
-    submit.plan_queue(ctx, "strong")
-    submit.plan_queue(ctx, "weak")
-    submit.submit_pending(ctx)
+    batches.plan_queue(ctx, "strong")
+    batches.plan_queue(ctx, "weak")
+    batches.submit_pending(ctx)
     report, _ = wait.drive(ctx, timeout=None, poll_interval=0.05)
     assert report.done
     clock.sleep(2.0)  # a cancelled batch ends one tick after its cancel

@@ -2,7 +2,7 @@
 
 A shard is sent as one `requests` list. Batches carry no metadata, so the ledger records the
 batch id the moment `create` answers, and a create whose answer was lost is found again by
-time window, request count and, once the batch has ended, its custom_ids (stages/submit.py).
+time window, request count and, once the batch has ended, its custom_ids (batches/reconcile.py).
 Results are one JSONL stream fetched through `messages.batches.results`.
 """
 
@@ -180,6 +180,12 @@ class AnthropicBatchProvider(BatchProvider):
     def _cancel(self, batch_id: str) -> BatchInfo:
         return self._info(
             self._retrying("messages.batches.cancel", lambda: self.client().messages.batches.cancel(batch_id))
+        )
+
+    async def _acancel(self, batch_id: str) -> BatchInfo:
+        client = self.client(asynchronous=True)
+        return self._info(
+            await self._aretrying("messages.batches.cancel", lambda: client.messages.batches.cancel(batch_id))
         )
 
     def result_sources(self, info: BatchInfo) -> list[str]:

@@ -343,6 +343,19 @@ class BatchProvider(ABC):
             log.info("%s: batch %s had already ended when it was cancelled (%s); reading it again", self.name, batch_id, exc)
             return self.retrieve(batch_id)
 
+    async def acancel(self, batch_id: str) -> BatchInfo:
+        """`cancel` with the async client (for an Airflow trigger's event loop)."""
+        try:
+            return await self._acancel(batch_id)
+        except TerminalProviderError as exc:
+            if exc.error_type is not ErrorType.CONFLICT:
+                raise
+            log.info("%s: batch %s had already ended when it was cancelled (%s); reading it again", self.name, batch_id, exc)
+            return await self.aretrieve(batch_id)
+
+    @abstractmethod
+    async def _acancel(self, batch_id: str) -> BatchInfo: ...
+
     @abstractmethod
     def _cancel(self, batch_id: str) -> BatchInfo:
         """The cancel call itself (retried on transient failures)."""

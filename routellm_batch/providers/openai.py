@@ -208,6 +208,10 @@ class OpenAIBatchProvider(BatchProvider):
     def _cancel(self, batch_id: str) -> BatchInfo:
         return self._info(self._retrying("batches.cancel", lambda: self.client().batches.cancel(batch_id)))
 
+    async def _acancel(self, batch_id: str) -> BatchInfo:
+        client = self.client(asynchronous=True)
+        return self._info(await self._aretrying("batches.cancel", lambda: client.batches.cancel(batch_id)))
+
     def result_sources(self, info: BatchInfo) -> list[str]:
         sources = []
         if info.output_file_id:

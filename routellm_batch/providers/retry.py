@@ -1,6 +1,6 @@
 """The one retry policy for provider calls: bounded attempts, exponential backoff with jitter,
 Retry-After honoured. Built on tenacity; used for every call except batch create (see
-stages/submit.py: a create is retried only after reconciling with the provider's batch list).
+batches/create.py: a create is retried only after reconciling with the provider's batch list).
 """
 
 from __future__ import annotations

@@ -32,6 +32,17 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from routellm_batch.batches import (
+    QUEUES,
+    RunContext,
+    open_run,
+    plan_retries,
+    poll_once,
+    routed_prompt_ids,
+    routed_row_count,
+    submit_pending,
+    superseded_plans,
+)
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.output_suite import check_responses_partition
 from routellm_batch.stages import add_run_arguments
@@ -40,17 +51,6 @@ from routellm_batch.providers.base import BatchInfo, BatchProvider, BatchState, 
 from routellm_batch.providers.errors import ErrorType
 from routellm_batch.providers.retry import call_with_retries
 from routellm_batch.stages.outcomes import OutcomeWriter, error_row, result_row, write_responses
-from routellm_batch.stages.submit import (
-    QUEUES,
-    RunContext,
-    open_run,
-    plan_retries,
-    routed_prompt_ids,
-    routed_row_count,
-    submit_pending,
-    superseded_plans,
-)
-from routellm_batch.stages.wait import poll_once
 
 __all__ = ["CollectSummary", "add_arguments", "collect_shard", "execute", "run"]
 

@@ -2,130 +2,28 @@
 
     routellm-batch wait --config C --run-date D [--timeout SECONDS]
 
-`poll_once` (sync) and `apoll_once` (async, AsyncOpenAI / AsyncAnthropic, for an Airflow
-deferrable trigger's event loop) do one round: retrieve every submitted batch and record
-status changes. `execute` loops: reconcile / create what is pending (shards waiting for the
-enqueued-token budget), poll, sleep `batch.poll_interval_seconds`, until nothing is in flight.
-Terminal batches (completed, failed, expired, cancelled) are never polled again.
+The synchronous driver of the lifecycle (`routellm_batch.batches`): `drive` repeats its
+`one_round` (reconcile / create what is pending, such as shards waiting for the enqueued-token
+budget; poll every batch once; sweep for duplicates), sleeping `batch.poll_interval_seconds`
+between rounds, until nothing is in flight. The Airflow trigger drives the same steps on async
+clients (`routellm_batch.batches.aio`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from routellm_batch.batches import PollReport, RunContext, one_round, open_run
 from routellm_batch.config import RunConfig, load_config
+from routellm_batch.providers.base import BatchProvider
 from routellm_batch.stages import add_run_arguments
-from routellm_batch.ledger import Ledger, ShardRecord, ShardState
-from routellm_batch.providers.base import BatchInfo, BatchProvider, BatchState
-from routellm_batch.providers.registry import build_provider
-from routellm_batch.stages.submit import QUEUES, RunContext, open_run, submit_pending, sweep_duplicates
 
-__all__ = ["PollReport", "WaitSummary", "add_arguments", "apoll_once", "apply_batch_info", "execute", "poll_once", "run"]
-
-log = logging.getLogger(__name__)
-
-_SHARD_STATE = {
-    BatchState.COMPLETED: ShardState.COMPLETED,
-    BatchState.FAILED: ShardState.FAILED,
-    BatchState.EXPIRED: ShardState.EXPIRED,
-    BatchState.CANCELLED: ShardState.CANCELLED,
-}
-
-
-@dataclass(frozen=True)
-class PollReport:
-    states: dict[str, str]
-    """shard_id -> ledger state after this round."""
-    in_flight: int
-    """Shards whose batch is not terminal yet (or whose create is unresolved)."""
-    planned: int
-    """Shards not submitted yet (token budget, or create failures)."""
-
-    @property
-    def done(self) -> bool:
-        return self.in_flight == 0 and self.planned == 0
-
-
-def apply_batch_info(ledger: Ledger, record: ShardRecord, info: BatchInfo) -> ShardRecord:
-    """Record what one retrieve said: a new provider status, or the terminal state."""
-    if info.state.terminal:
-        failure = info.failure
-        return ledger.advance(
-            record,
-            _SHARD_STATE[info.state],
-            note=f"provider status {info.provider_status}" + (f": {failure.message}" if failure else ""),
-            provider_status=info.provider_status,
-            error=failure.message if failure else None,
-            error_type=failure.error_type.value if failure else None,
-        )
-    if info.provider_status != record.provider_status:
-        return ledger.advance(
-            record, ShardState.SUBMITTED, note=f"provider status {info.provider_status}", provider_status=info.provider_status
-        )
-    return record
-
-
-def _report(records: list[ShardRecord]) -> PollReport:
-    return PollReport(
-        states={r.shard_id: r.state.value for r in records},
-        in_flight=sum(1 for r in records if r.state.in_flight),
-        planned=sum(1 for r in records if r.state is ShardState.PLANNED),
-    )
-
-
-def poll_once(ctx: RunContext) -> PollReport:
-    """Retrieve every submitted batch once and record changes (sync clients)."""
-    out = []
-    for record in ctx.ledger.records():
-        if record.state is ShardState.SUBMITTED and record.batch_id:
-            info = ctx.provider(record.queue).retrieve(record.batch_id)
-            record = apply_batch_info(ctx.ledger, record, info)
-        out.append(record)
-    return _report(out)
-
-
-async def apoll_once(
-    config: RunConfig,
-    run_date: date,
-    *,
-    providers: Mapping[str, BatchProvider] | None = None,
-    concurrency: int = 8,
-) -> PollReport:
-    """`poll_once` for an event loop: async SDK clients for the API, file I/O in a thread.
-
-    Builds (and closes) its own providers unless given some, so a trigger can call it with
-    nothing but the config and the run date."""
-    ledger = Ledger.for_run(config, run_date)
-    owned = providers is None
-    provs: dict[str, BatchProvider] = dict(providers or {})
-    for queue in QUEUES:
-        if queue not in provs:
-            provs[queue] = build_provider(config.strong if queue == "strong" else config.weak)
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(record: ShardRecord) -> ShardRecord:
-        if record.state is not ShardState.SUBMITTED or not record.batch_id:
-            return record
-        async with gate:
-            info = await provs[record.queue].aretrieve(record.batch_id)
-        return await asyncio.to_thread(apply_batch_info, ledger, record, info)
-
-    try:
-        records = await asyncio.to_thread(ledger.records)
-        updated = await asyncio.gather(*(one(r) for r in records))
-    finally:
-        if owned:
-            for p in provs.values():
-                await p.aclose()
-                p.close()
-    return _report(list(updated))
+__all__ = ["WaitSummary", "add_arguments", "drive", "execute", "run"]
 
 
 @dataclass(frozen=True)
@@ -145,16 +43,11 @@ class WaitSummary:
 
 
 def drive(ctx: RunContext, *, timeout: float | None, poll_interval: float) -> tuple[PollReport, int]:
-    """Submit what is pending and poll until nothing is in flight (or the timeout).
-
-    Each round also sweeps for duplicate batches: one that shows in the list late is cancelled
-    while it still runs, before it is billed, not only reported once everything has ended."""
+    """Run lifecycle rounds until nothing is in flight (or the timeout)."""
     start = time.monotonic()
     polls = 0
     while True:
-        submit_pending(ctx)
-        report = poll_once(ctx)
-        sweep_duplicates(ctx)
+        report = one_round(ctx)
         polls += 1
         if report.in_flight == 0:
             # Done, or planned shards whose create failed even with nothing enqueued: a re-run retries them.
@@ -176,14 +69,10 @@ def execute(
     start = time.monotonic()
     try:
         report, polls = drive(ctx, timeout=timeout, poll_interval=config.batch.poll_interval_seconds)
-        duplicates = sorted(ctx.duplicates)
     finally:
         if providers is None:
             ctx.close()
-    counts: dict[str, int] = {}
-    for state in report.states.values():
-        counts[state] = counts.get(state, 0) + 1
-    return WaitSummary(ctx.run_id, report.done, polls, time.monotonic() - start, counts, duplicates)
+    return WaitSummary(ctx.run_id, report.done, polls, time.monotonic() - start, report.counts, list(report.duplicates))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
