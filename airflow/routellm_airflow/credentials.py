@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from routellm_batch.batches import QUEUES, build_queue_provider
 from routellm_batch.config import RunConfig
 from routellm_batch.providers.base import BatchProvider
-from routellm_batch.providers.registry import build_provider
-from routellm_batch.stages.submit import QUEUES
 
 __all__ = ["ConnectionIds", "akeys", "build_providers", "keys"]
 
@@ -65,9 +64,4 @@ async def akeys(config: RunConfig, conns: ConnectionIds) -> dict[str, str | None
 
 def build_providers(config: RunConfig, api_keys: Mapping[str, str | None]) -> dict[str, BatchProvider]:
     """One provider per queue holding its key in memory (same options as the stages build)."""
-    return {
-        queue: build_provider(
-            _spec(config, queue), api_key=api_keys[queue], create_timeout_s=config.batch.create_timeout_seconds
-        )
-        for queue in QUEUES
-    }
+    return {queue: build_queue_provider(config, queue, api_key=api_keys[queue]) for queue in QUEUES}

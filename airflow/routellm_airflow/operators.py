@@ -77,17 +77,17 @@ class WaitForBatchesOperator(BaseOperator):
         from routellm_airflow.trigger import RunBatchesTrigger
 
         run_date = date.fromisoformat(self.run_date)
-        summary = wait_round(self.config_path, run_date, self._conns())
-        if summary.duplicate_batches:
-            raise AirflowException(summary.render())
-        in_flight = summary.states.get("submitting", 0) + summary.states.get("submitted", 0)
-        if summary.done:
-            return {"run_id": summary.run_id, "states": summary.states}
-        if not in_flight:
-            raise AirflowException(f"{summary.render()}: shards left planned could not be created; retry this task")
+        run_id, report = wait_round(self.config_path, run_date, self._conns())
+        line = f"wait {run_id}: shards by state {report.counts}"
+        if report.duplicates:
+            raise AirflowException(f"{line}; DUPLICATE batches found: {list(report.duplicates)}")
+        if report.done:
+            return {"run_id": run_id, "states": report.counts}
+        if not report.in_flight:
+            raise AirflowException(f"{line}: shards left planned could not be created; retry this task")
         config = load(self.config_path)
         interval = float(self.poll_interval) if self.poll_interval not in (None, "") else config.batch.poll_interval_seconds
-        self.log.info("%s; deferring to the triggerer, polling every %ss", summary.render(), interval)
+        self.log.info("%s; deferring to the triggerer, polling every %ss", line, interval)
         self.defer(
             trigger=RunBatchesTrigger(
                 config_path=self.config_path,

@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from routellm_batch.config import ConfigError, RunConfig, load_config
 from routellm_batch.lease import run_lease
 from routellm_batch.providers.base import BatchProvider
 
 from routellm_airflow.credentials import ConnectionIds, build_providers, keys
+
+if TYPE_CHECKING:
+    from routellm_batch.batches import PollReport
 
 __all__ = ["check_outputs", "collect", "load", "report", "submit", "wait_round", "wait_timeout_deadline"]
 
@@ -63,13 +66,15 @@ def submit(config_path: str | None, run_date: date, conns: ConnectionIds) -> dic
     }  # fmt: skip
 
 
-def wait_round(config_path: str | None, run_date: date, conns: ConnectionIds):
-    """One synchronous round of the wait stage: create shards waiting for the token budget, poll
-    every batch once, and (when nothing is in flight) look for duplicate batches."""
-    from routellm_batch.stages import wait as stage
+def wait_round(config_path: str | None, run_date: date, conns: ConnectionIds) -> tuple[str, PollReport]:
+    """One synchronous round of the lifecycle (`routellm_batch.batches.one_round`): create shards
+    waiting for the token budget, poll every batch once, sweep for duplicate batches.
+    Returns the run id and the round's report."""
+    from routellm_batch.batches import one_round, open_run
 
     with _stage(config_path, run_date, "wait", conns) as (config, providers):
-        return stage.execute(config, run_date, timeout=0, providers=providers)
+        ctx = open_run(config, run_date, providers=providers)
+        return ctx.run_id, one_round(ctx)
 
 
 def wait_timeout_deadline(hours: float) -> float:

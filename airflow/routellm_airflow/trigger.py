@@ -1,8 +1,9 @@
 """The deferrable wait: a trigger polling one run's batches on the SDKs' async clients.
 
-Each poll is `routellm_batch.stages.wait.apoll_once` (AsyncOpenAI / AsyncAnthropic for the API,
-ledger file I/O in a thread), so the triggerer's event loop is never blocked and every status change
-is recorded in the run's ledger exactly as the CLI's `wait` records it. The trigger fires when no
+The trigger is the lifecycle's asynchronous driver: each poll is `routellm_batch.batches.aio.apoll_once`
+(AsyncOpenAI / AsyncAnthropic for the API, ledger file I/O in a thread), so the triggerer's event loop
+is never blocked and every status change is recorded in the run's ledger by the same step as the CLI's
+`wait` uses. The provider's own request counts come back in the poll's report. The trigger fires when no
 batch of the run is in flight any more.
 
 Its whole state is where to find the run (config path, run date, the ledger location for humans)
@@ -24,28 +25,16 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from routellm_batch.batches import PollReport
+from routellm_batch.batches.aio import acancel_in_flight, apoll_once
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.ledger import Ledger, ShardRecord
 from routellm_batch.providers.base import BatchInfo, BatchProvider
 from routellm_batch.providers.errors import ProviderError
-from routellm_batch.stages.wait import PollReport, apoll_once
 
 from routellm_airflow.credentials import ConnectionIds, akeys, build_providers
 
 __all__ = ["RunBatchesTrigger", "progress_line"]
-
-
-class _Observed:
-    """A provider seen through `aretrieve` only (all `apoll_once` calls), keeping the provider's own counts."""
-
-    def __init__(self, provider: BatchProvider) -> None:
-        self.provider = provider
-        self.seen: dict[str, BatchInfo] = {}
-
-    async def aretrieve(self, batch_id: str) -> BatchInfo:
-        info = await self.provider.aretrieve(batch_id)
-        self.seen[batch_id] = info
-        return info
 
 
 def progress_line(run_id: str, poll: int, records: list[ShardRecord], infos: dict[str, BatchInfo]) -> str:
@@ -119,13 +108,12 @@ class RunBatchesTrigger(BaseTrigger):
             yield TriggerEvent(self._event("error", ledger, 0, message=message))
             return
         providers = build_providers(config, await akeys(config, ConnectionIds(**self.connections)))
-        observed = {queue: _Observed(p) for queue, p in providers.items()}
         poll = 0
         try:
             while True:
                 poll += 1
                 try:
-                    report: PollReport | None = await apoll_once(config, run_date, providers=observed)  # type: ignore[arg-type]
+                    report: PollReport | None = await apoll_once(config, run_date, providers=providers)
                 except ProviderError as exc:
                     if not exc.error_type.retryable:
                         yield TriggerEvent(self._event("error", ledger, poll, message=str(exc)))
@@ -134,11 +122,9 @@ class RunBatchesTrigger(BaseTrigger):
                     self.log.warning("run %s poll %d: provider unavailable, polling again later: %s", ledger.run_id, poll, exc)
                     report = None
                 if report is not None:
-                    records = await asyncio.to_thread(ledger.records)
-                    seen = {k: v for o in observed.values() for k, v in o.seen.items()}
-                    self.log.info("%s", progress_line(ledger.run_id, poll, records, seen))
+                    self.log.info("%s", progress_line(ledger.run_id, poll, report.records, report.infos))
                     if report.in_flight == 0:
-                        yield TriggerEvent(self._event("done", ledger, poll, states=_counts(report)))
+                        yield TriggerEvent(self._event("done", ledger, poll, states=report.counts))
                         return
                 remaining = self.deadline - time.time()
                 if remaining <= 0:
@@ -157,17 +143,7 @@ class RunBatchesTrigger(BaseTrigger):
 
     async def _cancel_in_flight(self, ledger: Ledger, providers: dict[str, BatchProvider]) -> list[str]:
         """Cancel every batch still running (only when asked to: cancelled requests are not answered)."""
-        cancelled = []
-        for r in await asyncio.to_thread(ledger.records):
-            if r.state.in_flight and r.batch_id:
-                await asyncio.to_thread(providers[r.queue].cancel, r.batch_id)
-                cancelled.append(r.batch_id)
-                self.log.warning("run %s: cancelled batch %s (shard %s) at the wait deadline", ledger.run_id, r.batch_id, r.shard_id)
-        return cancelled
-
-
-def _counts(report: PollReport) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for state in report.states.values():
-        out[state] += 1
-    return dict(out)
+        cancelled = await acancel_in_flight(ledger, providers)
+        for r in cancelled:
+            self.log.warning("run %s: cancelled batch %s (shard %s) at the wait deadline", ledger.run_id, r.batch_id, r.shard_id)
+        return [r.batch_id for r in cancelled if r.batch_id]
