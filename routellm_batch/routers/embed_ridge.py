@@ -51,6 +51,8 @@ LEARNERS = ("constant", "embedding", "task", "both", "knn")
 #: Grids fixed a priori; the choice inside them is made by inner CV on the training prompts only.
 RIDGE_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1_000.0)
 KNN_GRID = (10, 25, 50, 100, 200)
+#: How many standard errors of the paired inner-CV error difference a learner must beat the constant by.
+CONSTANT_MARGIN_SE = 1.0
 
 _TASK_PATTERNS: dict[str, str] = {
     # answer options: "A. ...", "(b) ...", "A) ..." at a line start, or inline "(A) ... (B) ..."
@@ -260,7 +262,7 @@ class EmbedRidgeRouter(Router):
         # the constant stays unless the best learner beats it by more than one standard error of the
         # paired difference: on noise, the least of many noisy errors would otherwise win by chance
         gain_over_constant = errors[0] - errors[best]
-        if gain_over_constant.mean() <= gain_over_constant.std() / np.sqrt(len(y)):
+        if gain_over_constant.mean() <= CONSTANT_MARGIN_SE * gain_over_constant.std() / np.sqrt(len(y)):
             best = 0
         learner, value = candidates[best]
         inputs = _Inputs.fit(F, E)
