@@ -10,6 +10,10 @@ online (`baseline_online_usd`, what answering everything with the strong model o
 `savings_usd` = online baseline - cost. The baselines price the weak model's reported token counts at
 the strong model's rates, an approximation (the strong model would have used its own tokenizer and
 written answers of its own length); the cost itself is exact.
+
+A cascade run bills both passes: pass-2 strong answers on their own `escalated` line, and the weak
+answers they superseded still on the weak line (they were paid), where they count in requests, tokens
+and cost but not in the baselines (those answer each prompt once).
 """
 
 from __future__ import annotations
@@ -147,25 +151,38 @@ def check_one_outcome_per_prompt(routed_ids: pa.ChunkedArray, response_ids: pa.C
 _MONEY = ("cost_usd", "baseline_all_strong_usd", "baseline_online_usd", "savings_usd")
 
 
-def cost_rows(config: RunConfig, run_date: date, responses: pa.Table) -> list[dict]:
+def _usage_groups(table: pa.Table | None) -> dict[tuple[str, str, str], tuple[int, TokenUsage]]:
+    """(model, provider, queue) -> (rows, summed usage)."""
+    if table is None or not table.num_rows:
+        return {}
+    grouped = table.group_by(["model", "provider", "queue"]).aggregate([("prompt_id", "count")] + [(c, "sum") for c in USAGE_COLUMNS])
+    return {(g["model"], g["provider"], g["queue"]): (g["prompt_id_count"], TokenUsage(**{c: int(g[f"{c}_sum"] or 0) for c in USAGE_COLUMNS}))
+            for g in grouped.to_pylist()}
+
+
+def cost_rows(config: RunConfig, run_date: date, responses: pa.Table, superseded: pa.Table | None = None) -> list[dict]:
     """One row per (model, provider, queue) of succeeded requests, plus the `all` row (their sums).
-    Every kind of token is priced at its own rate; money is exact (Decimal) at the table's scale."""
+    Every kind of token is priced at its own rate; money is exact (Decimal) at the table's scale.
+    `superseded`: a cascade's replaced weak answers, billed in pass 1 (see the module docstring)."""
     prices = price_table_for(config.pricing)
     discount = batch_discount(config.pricing)
     strong = prices.price(config.strong.model)
     billed = responses.filter(pc.equal(responses["status"], "succeeded"))
-    grouped = billed.group_by(["model", "provider", "queue"]).aggregate(
-        [("prompt_id", "count")] + [(c, "sum") for c in USAGE_COLUMNS]
-    )
+    if "pass" in billed.column_names:  # a cascade's pass-2 answers on a line of their own
+        second = pc.fill_null(pc.equal(billed["pass"], 2), False)
+        billed = billed.set_column(billed.schema.get_field_index("queue"), "queue", pc.if_else(second, "escalated", billed["queue"]))
+    final, paid_before = _usage_groups(billed), _usage_groups(superseded)
     rows = []
-    for g in sorted(grouped.to_pylist(), key=lambda g: (g["queue"], g["model"])):
-        usage = TokenUsage(**{c: int(g[f"{c}_sum"] or 0) for c in USAGE_COLUMNS})
-        cost = stored_usd(prices.cost(g["model"], usage, discount=discount))
+    for model, provider, queue in sorted(final.keys() | paid_before.keys(), key=lambda k: (k[2], k[0])):
+        requests, usage = final.get((model, provider, queue), (0, TokenUsage()))
+        extra_requests, extra = paid_before.get((model, provider, queue), (0, TokenUsage()))
+        paid = TokenUsage(**{c: getattr(usage, c) + getattr(extra, c) for c in USAGE_COLUMNS})
+        cost = stored_usd(prices.cost(model, paid, discount=discount))
         online = stored_usd(strong.baseline_cost(usage))
         rows.append(
             {
-                "model": g["model"], "provider": g["provider"], "queue": g["queue"], "requests": g["prompt_id_count"],
-                **dataclasses.asdict(usage), "cost_usd": cost,
+                "model": model, "provider": provider, "queue": queue, "requests": requests + extra_requests,
+                **dataclasses.asdict(paid), "cost_usd": cost,
                 "baseline_all_strong_usd": stored_usd(strong.baseline_cost(usage, discount)),
                 "baseline_online_usd": online, "savings_usd": online - cost,
             }
@@ -183,10 +200,13 @@ def execute(config: RunConfig, run_date: date) -> ReportSummary:
     run_id = config.run_id(run_date)
     routed = _read_partition(config, "routed", run_date, ["prompt_id"])
     responses = _read_partition(
-        config, "responses", run_date, ["prompt_id", "model", "provider", "queue", "status", "error_type", *USAGE_COLUMNS]
+        config, "responses", run_date, ["prompt_id", "model", "provider", "queue", "status", "error_type", "pass", *USAGE_COLUMNS]
     )
     check_one_outcome_per_prompt(routed["prompt_id"], responses["prompt_id"], run_id)
-    rows = cost_rows(config, run_date, responses)
+    superseded = None
+    if config.cascade is not None:
+        superseded = _read_partition(config, "superseded", run_date, ["prompt_id", "model", "provider", "queue", *USAGE_COLUMNS])
+    rows = cost_rows(config, run_date, responses, superseded)
     table = pa.Table.from_pylist(rows, schema=arrow_schema("cost_report"))
     check_cost_report(table, run_id)  # the output suite (great-expectations), before anything is written
     uri = f"{config.table_uri('cost_report')}/run_date={run_date.isoformat()}"

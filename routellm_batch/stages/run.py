@@ -272,8 +272,10 @@ def execute(config: RunConfig, run_date: date, *, from_stage: str | None = None)
             fingerprint = _hash(stage.name, stage.settings(config), upstream) if upstream is not None else None
             marker = markers.read(stage.name)
             output = markers.outputs(stage)
-            if fingerprint is not None and output is not None and marker and (marker.get("fingerprint"), marker.get("output")) == (fingerprint, output):
+            # A later stage may rewrite this one's table (escalate: the responses); that is still "as left".
+            if fingerprint is not None and output is not None and marker and marker.get("fingerprint") == fingerprint and output in (marker.get("output"), marker.get("rewritten")):
                 log.info("stage %s: complete and unchanged; skipped", stage.name)
+                output = marker["output"]
                 skipped.append(stage.name)
                 texts.append(marker.get("summary", ""))
             else:
@@ -291,6 +293,10 @@ def execute(config: RunConfig, run_date: date, *, from_stage: str | None = None)
                     "stage": stage.name, "fingerprint": fingerprint, "output": output,
                     "completed_at": utcnow().isoformat(), "summary": outcome.text,
                 })  # fmt: skip
+                for earlier in STAGES[:i]:
+                    earlier_marker = markers.read(earlier.name)
+                    if earlier_marker and set(earlier.outputs) & set(stage.outputs):
+                        markers.write(earlier.name, {**earlier_marker, "rewritten": markers.outputs(earlier)})
             # What the next stage read: the tables this one wrote, or (ledger-only stages) this one's inputs.
             upstream = output if stage.outputs else fingerprint
         return RunResult(config.run_id(run_date), ran, skipped, texts, True)
