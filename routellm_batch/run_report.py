@@ -266,6 +266,8 @@ def _quality(config: RunConfig, tables: _RunTables) -> _Quality | None:
     billed = frame.assign(**{c: frame[c].where(succeeded, 0).fillna(0) for c in USAGE_COLUMNS})
     strong_cost, weak_cost = _per_prompt_costs(config, billed)
     to_strong = (frame["queue"] == "strong").to_numpy()
+    if "pass" in answers:  # a cascade: an escalated prompt's final answer is the strong model's (pass 2)
+        to_strong |= frame["prompt_id"].isin(answers.loc[answers["pass"] == 2, "prompt_id"]).to_numpy()
     frame = frame.assign(strong_cost_usd=strong_cost, weak_cost_usd=weak_cost)
     routed_correct = np.where(to_strong, frame["strong_correct"], frame["weak_correct"]) * succeeded
 

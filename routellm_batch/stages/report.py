@@ -86,14 +86,14 @@ class ReportSummary:
 
     def render(self) -> str:
         head = (
-            f"{'model':<20} {'queue':<6} {'requests':>8} {'in tok':>9} {'cached':>9} {'cache wr':>9} {'out tok':>9} "
+            f"{'model':<20} {'queue':<9} {'requests':>8} {'in tok':>9} {'cached':>9} {'cache wr':>9} {'out tok':>9} "
             f"{'reasoning':>9} {'cost $':>10} {'all-strong batch $':>19} {'all-strong online $':>20} {'saved $':>10}"
         )
         lines = [f"cost report {self.run_id} (price table {self.rows[-1]['price_table_version']}):", head]
         for r in self.rows:
             writes = r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]
             lines.append(
-                f"{r['model']:<20} {r['queue']:<6} {r['requests']:>8} {r['input_tokens']:>9} {r['cached_input_tokens']:>9} "
+                f"{r['model']:<20} {r['queue']:<9} {r['requests']:>8} {r['input_tokens']:>9} {r['cached_input_tokens']:>9} "
                 f"{writes:>9} {r['output_tokens']:>9} {r['reasoning_tokens']:>9} {_usd(r['cost_usd']):>10} "
                 f"{_usd(r['baseline_all_strong_usd']):>19} {_usd(r['baseline_online_usd']):>20} {_usd(r['savings_usd']):>10}"
             )
