@@ -359,8 +359,9 @@ class CascadeSettings(_Strict):
     """The cascade policy: after pass 1, the weak queue's answers are scored for doubt and the most
     doubtful are answered again by the strong model in a second set of batches (`escalate` stage)."""
 
-    scorer: Literal["logprob", "invalid", "agreement", "learned"] = Field(
-        description="Escalation scorer (routellm_batch.escalation.registry); 'learned' needs scorer_dir."
+    scorer: Literal["logprob", "invalid", "learned"] = Field(
+        description="Escalation scorer (routellm_batch.escalation.registry); 'learned' needs scorer_dir. "
+        "('agreement' is not offered here yet: the weak requests do not ask for extra samples.)"
     )
     scorer_dir: str | None = Field(None, description="A scorer directory written by the scorer's save (config.json).")
     scorer_settings: dict[str, Any] = Field(

@@ -185,3 +185,30 @@ def test_logprob_scorer_with_an_anthropic_weak_model_fails_at_config_time_in_one
     err = capsys.readouterr().err
     assert "choose another scorer (invalid, learned) for the anthropic weak model" in err
     assert "Traceback" not in err
+
+
+def test_a_failed_pass2_request_keeps_the_weak_answer_final_and_is_not_billed(pass1):
+    from routellm_batch.providers.custom_id import make_custom_id
+    from routellm_batch.sandbox.faults import Faults
+
+    srv, cfg, raw, root = pass1
+    weak_ids = [p["id"] for p in _prompts()[N_STRONG:]]
+    failing = set(weak_ids[::2])  # an invalid request is final at once: no retry
+    pass2_run = escalate.pass2_config(cfg).run_id(RUN_DATE)
+    srv._store.faults = Faults(request_errors={make_custom_id(pass2_run, pid, 1): "invalid_request" for pid in failing},
+                               request_error_times=0)
+    summary = escalate.execute(cfg, RUN_DATE)
+    final = {r["prompt_id"]: r for r in _table(cfg, "responses").to_pylist()}
+    plan = ds.dataset(escalate.plan_uri(cfg, RUN_DATE), format="parquet").to_table().to_pylist()
+    escalated = {r["prompt_id"] for r in plan if r["escalate"]}
+    failed, answered = escalated & failing, escalated - failing
+    assert failed and answered and summary.pass2_failed == len(failed)
+    assert len(final) == N_STRONG + N_WEAK
+    for pid in failed:  # the weak answer stays, and says why
+        assert (final[pid]["model"], final[pid]["status"], final[pid]["escalation"]) == (WEAK, "succeeded", "pass2_failed")
+    for pid in answered:
+        assert (final[pid]["model"], final[pid]["escalation"]) == (STRONG, "escalated")
+    assert {r["prompt_id"] for r in _table(cfg, "superseded").to_pylist()} == answered
+    rows = {(r["model"], r["queue"]): r for r in report.execute(cfg, RUN_DATE).rows}
+    assert rows[(STRONG, "escalated")]["requests"] == len(answered)
+    assert rows[(WEAK, "weak")]["requests"] == N_WEAK
