@@ -5,6 +5,7 @@
     plan       plans (shard inputs, maps, `planned` records) and the retry decision
     reconcile  resolving an intent against the provider's batch list; the duplicate sweep
     create     creating planned shards' batches, intent first
+    outcomes   per-request outcomes in the ledger, and the responses table built from them
     poll       applying a retrieve to the ledger; one round (create pending + poll + sweep)
     aio        the same poll step on async clients, and an async cancel (the Airflow trigger)
 

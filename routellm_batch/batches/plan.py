@@ -23,7 +23,7 @@ from routellm_batch.providers.base import BatchRequest
 from routellm_batch.providers.custom_id import make_custom_id
 from routellm_batch.providers.errors import ErrorType
 from routellm_batch.providers.sharding import PackedRequest, ShardLimits, ShardPacker, shard_id
-from routellm_batch.stages.outcomes import OutcomeWriter, error_row, iter_outcome_batches
+from routellm_batch.batches.outcomes import OutcomeWriter, error_row, iter_outcome_batches
 
 __all__ = ["PlanResult", "plan_queue", "plan_retries", "superseded_plans"]
 

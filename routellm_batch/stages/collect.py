@@ -50,7 +50,7 @@ from routellm_batch.ledger import Ledger, ShardRecord, ShardState
 from routellm_batch.providers.base import BatchInfo, BatchProvider, BatchState, MalformedResultLine
 from routellm_batch.providers.errors import ErrorType
 from routellm_batch.providers.retry import call_with_retries
-from routellm_batch.stages.outcomes import OutcomeWriter, error_row, result_row, write_responses
+from routellm_batch.batches.outcomes import OutcomeWriter, error_row, result_row, write_responses
 
 __all__ = ["CollectSummary", "add_arguments", "collect_shard", "execute", "run"]
 
