@@ -12,10 +12,12 @@ Light module: standard library only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["EXTRA_OF", "MissingExtra", "needs_extra"]
+__all__ = ["EXTRA_OF", "MissingExtra", "import_registered", "needs_extra"]
 
 # Top-level module -> the extra that installs it (pyproject.toml [project.optional-dependencies]).
 EXTRA_OF: dict[str, str] = {
@@ -54,3 +56,17 @@ def needs_extra(needed_for: str) -> Iterator[None]:
             f"{needed_for} needs {top}, which is not installed: pip install 'routellm-batch[{extra}]'",
             name=exc.name,
         ) from None
+
+
+def import_registered(registry: Mapping[str, str], kind: str, *, unknown: str, needed_for: str) -> Any:
+    """The object a registry names as "module:attr" for `kind`, imported only now.
+
+    `unknown` labels a kind the registry lacks ("unknown {unknown} 'x'; allowed: ..."); `needed_for`
+    names what a missing extra was needed for."""
+    try:
+        target = registry[kind]
+    except KeyError:
+        raise ValueError(f"unknown {unknown} {kind!r}; allowed: {', '.join(sorted(registry))}") from None
+    module, _, attr = target.partition(":")
+    with needs_extra(needed_for):
+        return getattr(importlib.import_module(module), attr)

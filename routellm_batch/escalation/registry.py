@@ -5,11 +5,10 @@ Adding a scorer is one module under escalation/ plus one line here.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
-from routellm_batch._extras import needs_extra
+from routellm_batch._extras import import_registered
 from routellm_batch.escalation.base import CONFIG_FILE, EscalationScorer
 
 __all__ = ["SCORERS", "load_scorer", "resolve"]
@@ -24,13 +23,7 @@ SCORERS: dict[str, str] = {
 
 def resolve(kind: str) -> type[EscalationScorer]:
     """The scorer class registered for `kind`."""
-    try:
-        target = SCORERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown escalation scorer {kind!r}; allowed: {', '.join(sorted(SCORERS))}") from None
-    module, _, attr = target.partition(":")
-    with needs_extra(f"escalation scorer {kind!r}"):
-        return getattr(importlib.import_module(module), attr)
+    return import_registered(SCORERS, kind, unknown="escalation scorer", needed_for=f"escalation scorer {kind!r}")
 
 
 def load_scorer(directory: str | Path) -> EscalationScorer:

@@ -5,9 +5,7 @@ Adding a router family is one module under routers/ plus one line here.
 
 from __future__ import annotations
 
-import importlib
-
-from routellm_batch._extras import needs_extra
+from routellm_batch._extras import import_registered
 
 ROUTERS: dict[str, str] = {
     "default": "routellm_batch.routers.checkpoint:load_default_router",
@@ -24,10 +22,4 @@ ROUTERS: dict[str, str] = {
 
 def resolve(kind: str):
     """The class (or factory) registered for `kind`."""
-    try:
-        target = ROUTERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown router kind {kind!r}; allowed: {', '.join(sorted(ROUTERS))}") from None
-    module, _, attr = target.partition(":")
-    with needs_extra(f"router {kind!r}"):
-        return getattr(importlib.import_module(module), attr)
+    return import_registered(ROUTERS, kind, unknown="router kind", needed_for=f"router {kind!r}")
