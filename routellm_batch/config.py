@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "AnswerCacheSettings",
+    "AuditSettings",
     "BatchSettings",
     "CascadeSettings",
     "ColumnMapping",
@@ -25,6 +27,8 @@ __all__ = [
     "LearnSettings",
     "ModelSpec",
     "PricingSettings",
+    "PromptCachingSettings",
+    "PromptTemplate",
     "QualitySettings",
     "QuarantineSettings",
     "ReferenceLabels",
@@ -32,6 +36,8 @@ __all__ = [
     "RunConfig",
     "SandboxSettings",
     "SparkSettings",
+    "StructuredOutput",
+    "TextView",
     "ThresholdPolicy",
     "load_config",
     "parse_run_date",
@@ -45,6 +51,16 @@ _SECRET_VALUE = re.compile(
 )
 _SECRET_KEYS = {"api_key", "apikey", "key", "secret", "token", "password", "authorization"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# Columns of the product's tables that a carried input column may not shadow.
+_RESERVED_COLUMNS = frozenset({
+    "run_id", "run_date", "prompt_id", "prompt", "messages", "system", "max_tokens", "source_file", "router_text",
+    "strong_win_prob", "model", "provider", "router", "threshold", "est_input_tokens", "queue", "batch_id",
+    "custom_id", "status", "response_text", "finish_reason", "input_tokens", "output_tokens",
+    "cached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens", "error_type",
+    "error_message", "attempt", "pass", "escalation", "served_by", "answer", "request_key",
+})  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -73,6 +89,27 @@ class ColumnMapping(_Strict):
         return self
 
 
+class PromptTemplate(_Strict):
+    """The request's text built from the input's columns (Jinja2, sandboxed, rendered in Spark).
+
+    A column the templates name that the input lacks fails before any work, naming it; a row where a
+    named column is null is quarantined (`null_template_value`, naming the column)."""
+
+    system: str | None = Field(None, description="Template of the system prompt (constant instructions go here).")
+    user: str = Field(min_length=1, description="Template of the user message, e.g. 'Review: {{ text }}'.")
+
+    @field_validator("system", "user")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            from routellm_batch.prompt_templates import template_error
+
+            problem = template_error(v)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+
 class InputTable(_Strict):
     uri: str = Field(
         description="Path or URI (file://, s3a://, gs://, hdfs://) of the prompts table; '{run_date}' is replaced by the run date."
@@ -80,6 +117,26 @@ class InputTable(_Strict):
     format: Literal["parquet", "json", "csv"] = Field("parquet", description="Storage format.")
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
     options: dict[str, str] = Field(default_factory=dict, description="Extra Spark reader options.")
+    template: PromptTemplate | None = Field(
+        None,
+        description="Build each request from the row's columns instead of reading a prompt column "
+        "(columns.prompt / columns.system are then not read).",
+    )
+    carry: list[str] = Field(
+        default_factory=list,
+        description="Input columns carried, with their types, through prompts and routed into the responses "
+        "table (your keys, partitions, metadata), so answers join back without the input table.",
+    )
+
+    @field_validator("carry")
+    @classmethod
+    def _carry_names(cls, v: list[str]) -> list[str]:
+        taken = sorted(set(v) & _RESERVED_COLUMNS)
+        if taken:
+            raise ValueError(f"{taken} are the product's own columns; rename them in the input or leave them out")
+        if len(set(v)) != len(v):
+            raise ValueError("a column is named twice")
+        return v
 
     @field_validator("uri")
     @classmethod
@@ -93,6 +150,19 @@ class InputTable(_Strict):
         return self.uri.replace("{run_date}", run_date.isoformat())
 
 
+class TextView(_Strict):
+    """A bounded view of a long text for the router: its first and last characters (about 4 per token)."""
+
+    head_chars: int = Field(2000, ge=0, description="Leading characters kept.")
+    tail_chars: int = Field(1000, ge=0, description="Trailing characters kept.")
+
+    @model_validator(mode="after")
+    def _something(self) -> TextView:
+        if self.head_chars + self.tail_chars == 0:
+            raise ValueError("head_chars + tail_chars must be > 0")
+        return self
+
+
 class RouterSpec(_Strict):
     kind: str = Field(
         "default", description="Router family (see routellm_batch.routers.registry); 'default' = shipped router."
@@ -102,6 +172,14 @@ class RouterSpec(_Strict):
     weak_model: str | None = Field(None, description="For multi-model routers: the trained weak model id.")
     device: str = Field("auto", description="'auto' (the task's GPU if any), 'cpu', 'cuda' or 'cuda:N'.")
     batch_size: int = Field(1024, gt=0, description="Prompts scored per model call.")
+    text: str | None = Field(
+        None,
+        description="Input column the router scores (the variable part, e.g. the ticket text); None = the "
+        "rendered user prompt. Constant instructions in a template are never scored.",
+    )
+    view: TextView | None = Field(
+        None, description="Score a bounded view of long texts (their head and tail) instead of the whole text."
+    )
 
     @field_validator("kind")
     @classmethod
@@ -387,6 +465,84 @@ class CascadeSettings(_Strict):
         return self
 
 
+class StructuredOutput(_Strict):
+    """The answer's shape: a label set (classification) or a JSON schema (extraction).
+
+    Sent as each provider expects (OpenAI `response_format` json_schema; Anthropic a forced tool call),
+    validated on collect (jsonschema); the parsed value lands in the responses table's `answer` column.
+    An answer that does not parse or validate is its own outcome, `unparsable`, with its text kept."""
+
+    labels: list[str] | None = Field(None, min_length=2, description="Classification: the allowed labels.")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="Extraction: a JSON schema (an object) every answer must validate against."
+    )
+    name: str = Field("answer", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Schema / tool name sent to the provider.")
+    on_unparsable: Literal["keep", "retry", "other_model"] = Field(
+        "keep",
+        description="keep: the unparsable outcome is final; retry: asked again of the same model (within "
+        "batch.max_attempts); other_model: a weak answer is asked again of the strong model (pass 2 of "
+        "`escalate`), a strong one is retried on the strong model.",
+    )
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> StructuredOutput:
+        if (self.labels is None) == (self.json_schema is None):
+            raise ValueError("set exactly one of 'labels' and 'json_schema'")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels: a label is listed twice")
+        if self.json_schema is not None:
+            from jsonschema import SchemaError
+            from jsonschema.validators import validator_for
+
+            try:
+                validator_for(self.json_schema).check_schema(self.json_schema)
+            except SchemaError as exc:
+                raise ValueError(f"json_schema is not a valid JSON schema: {exc.message}") from None
+            if self.json_schema.get("type") != "object":
+                raise ValueError("json_schema must describe an object (type: object)")
+        return self
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON schema answers are validated against (a label set is an object with one enum field)."""
+        if self.json_schema is not None:
+            return self.json_schema
+        return {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": list(self.labels or [])}},
+            "required": ["label"],
+            "additionalProperties": False,
+        }
+
+
+class AnswerCacheSettings(_Strict):
+    """A cross-night answer cache: a Parquet table keyed by a hash of (provider, model, request body)."""
+
+    enabled: bool = Field(False, description="Answer repeated requests from earlier nights without a batch.")
+    uri: str | None = Field(None, description="Where the cache table lives; None = <output_root>/answer_cache.")
+    ttl_days: float = Field(30.0, gt=0, description="Answers older than this are not served.")
+    version: str = Field(
+        "1", min_length=1, max_length=64, description="Part of every key: bump it to invalidate the whole cache."
+    )
+
+
+class PromptCachingSettings(_Strict):
+    """Provider prompt caching for requests that share a long prefix (system prompt + instructions)."""
+
+    enabled: bool = Field(True, description="Send caching hints (Anthropic cache_control, OpenAI prompt_cache_key).")
+    min_prefix_tokens: int | None = Field(
+        None, gt=0, description="Mark a prefix cacheable from this many (estimated) tokens; None = the provider's minimum."
+    )
+
+
+class AuditSettings(_Strict):
+    """Every night, a small share of each queue is also answered by the other model and labelled (by the
+    learn section's reference or judge): an estimate of tonight's routing quality against all-strong, and
+    labelled rows for `learn` to retrain on."""
+
+    share: float = Field(gt=0.0, le=0.5, description="Share of each queue audited, chosen by a hash of prompt_id.")
+    salt: str = Field("", description="Changes which prompts the hash picks (the slice is stable across re-runs).")
+
+
 class RunConfig(_Strict):
     job_name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Stable job name; part of run_id.")
     input: InputTable
@@ -406,6 +562,15 @@ class RunConfig(_Strict):
     learn: LearnSettings | None = Field(None, description="How `routellm-batch learn` labels and trains.")
     cascade: CascadeSettings | None = Field(
         None, description="Cascade policy: escalate the most doubtful weak answers to the strong model (pass 2)."
+    )
+    output: StructuredOutput | None = Field(None, description="Structured answers: a label set or a JSON schema.")
+    dedupe: bool = Field(
+        True, description="Send identical requests for the same model once per run; every row gets the answer."
+    )
+    answer_cache: AnswerCacheSettings = Field(default_factory=AnswerCacheSettings)
+    prompt_caching: PromptCachingSettings = Field(default_factory=PromptCachingSettings)
+    audit: AuditSettings | None = Field(
+        None, description="Nightly audit slice (needs the learn section's reference or judge for labels)."
     )
 
     @model_validator(mode="before")
@@ -428,6 +593,12 @@ class RunConfig(_Strict):
                 check_provider(self.cascade.scorer, self.weak.provider)
             except ScorerUnsupported as exc:
                 raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _audit_labels(self) -> RunConfig:
+        if self.audit is not None and self.learn is None:
+            raise ValueError("audit needs a learn section: its reference or judge labels the audited prompts")
         return self
 
     def run_id(self, run_date: date) -> str:
@@ -507,6 +678,7 @@ _PATH_SETTINGS = (
     ("sandbox", "state_dir"),
     ("quality", "known_outcomes"),
     ("cascade", "scorer_dir"),
+    ("answer_cache", "uri"),
 )
 
 
