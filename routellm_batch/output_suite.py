@@ -99,8 +99,9 @@ def check_responses(responses: pa.Table, routed_rows: int, run_id: str) -> None:
         return
     import great_expectations.expectations as gxe
 
-    frame = responses.select(["prompt_id", "status", *USAGE_COLUMNS]).to_pandas()
-    succeeded = 'status=="succeeded"'
+    frame = responses.select(["prompt_id", "status", "served_by", *USAGE_COLUMNS]).to_pandas()
+    # A row served by dedupe or the answer cache was not billed: its usage is null.
+    succeeded = 'status=="succeeded" and served_by=="batch"'
     expectations: list[Any] = [
         gxe.ExpectTableRowCountToEqual(value=routed_rows),
         gxe.ExpectColumnValuesToNotBeNull(column="prompt_id"),
@@ -126,7 +127,7 @@ def check_responses(responses: pa.Table, routed_rows: int, run_id: str) -> None:
 def check_responses_partition(uri: str, routed_rows: int, run_id: str) -> None:
     """`check_responses` on the responses partition at `uri` (as collect has just written it)."""
     fs, path = filesystem_for(uri)
-    fields = [arrow_schema("responses").field(c) for c in ("prompt_id", "status", *USAGE_COLUMNS)]
+    fields = [arrow_schema("responses").field(c) for c in ("prompt_id", "status", "served_by", *USAGE_COLUMNS)]
     data = ds.dataset(path, filesystem=fs, format="parquet", schema=pa.schema(fields)).to_table()
     check_responses(data, routed_rows, run_id)
 

@@ -22,7 +22,7 @@ USAGE = {"input_tokens": 100, "output_tokens": 20, "cached_input_tokens": 64, "c
 def response(prompt_id: str, status: str = "succeeded", **usage: Any) -> dict[str, Any]:
     row = dict.fromkeys(arrow_schema("responses").names)
     row |= {"run_id": RUN_ID, "prompt_id": prompt_id, "queue": "weak", "model": "gpt-5-mini", "provider": "openai",
-            "custom_id": f"c-{prompt_id}", "status": status, "attempt": 1, "run_date": "2026-03-01"}  # fmt: skip
+            "custom_id": f"c-{prompt_id}", "status": status, "attempt": 1, "served_by": "batch", "run_date": "2026-03-01"}  # fmt: skip
     if status == "succeeded":
         row |= USAGE | usage
     return row

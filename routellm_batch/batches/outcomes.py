@@ -71,6 +71,7 @@ def result_row(base: Mapping[str, Any], result: RequestResult, *, max_attempts: 
         **{column: getattr(result, column) for column in USAGE_COLUMNS},
         "error_type": result.error_type.value if result.error_type else None,
         "error_message": message,
+        "served_by": "batch",
         "retryable": retryable,
         "final": _final(result.status, retryable, attempt, max_attempts),
     }
@@ -150,6 +151,8 @@ def write_responses(
     doubled row is a bug to stop on, not to publish)."""
     import pyarrow.compute as pc
 
+    from routellm_batch.batches.served import published_batches
+
     outcome_files = [f"outcomes/{name}" for name in ledger.list_files("outcomes") if name.endswith(".parquet")]
     dir_uri = f"{config.table_uri('responses')}/run_date={run_date.isoformat()}"
     fs, dir_path = filesystem_for(dir_uri)
@@ -157,8 +160,8 @@ def write_responses(
     rows = 0
     with atomic_output(fs, target) as out:
         writer = pq.ParquetWriter(out, RESPONSES_FILE_SCHEMA)
-        for rel in outcome_files:
-            for batch in iter_outcome_batches(ledger, rel):
+        for file_batches in published_batches(ledger, outcome_files):  # each file's, then dedupe's copies
+            for batch in file_batches:
                 keep = pc.equal(batch.column("final"), True)
                 if active is not None:
                     routed_here = [

@@ -2,6 +2,11 @@
 
 A plan is written whole before its marker: a crash before the marker re-plans from scratch (no
 batch can exist yet then). `plan_retries` decides which rows get attempt N+1.
+
+Attempt 1 sends each distinct request once: a row whose request (same model, same body: the same
+`request_key`) was already planned in this plan is a duplicate of that first row, and a row whose
+request has an unexpired answer in the answer cache is answered from it; both are recorded (see
+`routellm_batch.batches.served`) before the plan marker, so a re-run never sends them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from routellm_batch.answer_cache import CacheIndex, load_index, request_key
 from routellm_batch.batches.context import QUEUES, RunContext
 from routellm_batch.batches.routed import iter_routed_rows
 from routellm_batch.ledger import Ledger, ShardRecord, ShardState
@@ -24,6 +30,8 @@ from routellm_batch.providers.custom_id import make_custom_id
 from routellm_batch.providers.errors import ErrorType
 from routellm_batch.providers.sharding import PackedRequest, ShardLimits, ShardPacker, shard_id
 from routellm_batch.batches.outcomes import OutcomeWriter, error_row, iter_outcome_batches
+from routellm_batch.batches.served import ServedWriter, cache_rel, served_prompt_ids
+from routellm_batch.providers.pricing import USAGE_COLUMNS
 
 __all__ = ["PlanResult", "plan_queue", "plan_retries", "superseded_plans"]
 
@@ -34,6 +42,7 @@ MAP_SCHEMA = pa.schema(
         pa.field("custom_id", pa.string(), nullable=False),
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("est_input_tokens", pa.int64(), nullable=False),
+        pa.field("request_key", pa.string()),
     ]
 )
 
@@ -49,14 +58,18 @@ class _Candidate:
 class _ShardWriter:
     """Streams one shard's input lines to the ledger; on close writes its map, then its record."""
 
-    def __init__(self, ctx: RunContext, queue: str, attempt: int, index: int, version: int = 1) -> None:
+    def __init__(
+        self, ctx: RunContext, queue: str, attempt: int, index: int, version: int, keys: dict[str, str]
+    ) -> None:
         self.ctx, self.queue, self.attempt, self.index, self.version = ctx, queue, attempt, index, version
+        self._pending_keys = keys  # custom_id -> request key, filled by the planner, taken here
         self.shard_id = shard_id(ctx.run_id, Ledger.lane(queue, version), attempt, index)
         self._cm = ctx.ledger.open_output(Ledger.input_rel(self.shard_id))
         self._out = self._cm.__enter__()
         self._cids: list[str] = []
         self._pids: list[str] = []
         self._tokens: list[int] = []
+        self._keys: list[str | None] = []
         self._seen: set[str] = set()
         self._bytes = 0
 
@@ -69,11 +82,15 @@ class _ShardWriter:
         self._cids.append(item.custom_id)
         self._pids.append(item.prompt_id)
         self._tokens.append(item.est_tokens)
+        self._keys.append(self._pending_keys.pop(item.custom_id, None))
 
     def close(self) -> ShardRecord:
         self._cm.__exit__(None, None, None)
         ledger = self.ctx.ledger
-        table = pa.table({"custom_id": self._cids, "prompt_id": self._pids, "est_input_tokens": self._tokens}, schema=MAP_SCHEMA)
+        table = pa.table(
+            {"custom_id": self._cids, "prompt_id": self._pids, "est_input_tokens": self._tokens, "request_key": self._keys},
+            schema=MAP_SCHEMA,
+        )
         with ledger.open_output(Ledger.map_rel(self.shard_id)) as out:
             pq.write_table(table, out)
         spec = self.ctx.spec(self.queue)
@@ -106,6 +123,10 @@ class PlanResult:
     left: int = 0
     """Rows planned before that the routed table no longer has in this queue (they left the input or were
     re-routed): their batches stand, their outcomes are not published."""
+    deduped: int = 0
+    """Rows not sent: an identical request of this plan answers them."""
+    cached: int = 0
+    """Rows not sent: answered from the answer cache."""
 
 
 def _custom_id_key(run_id: str, version: int) -> str:
@@ -116,12 +137,19 @@ def _custom_id_key(run_id: str, version: int) -> str:
 def _build_plan(
     ctx: RunContext, queue: str, attempt: int, candidates: Iterable[_Candidate], version: int = 1, **extra: Any
 ) -> PlanResult:
-    ledger, provider, spec = ctx.ledger, ctx.provider(queue), ctx.spec(queue)
-    limits = ShardLimits.for_provider(provider.limits, ctx.config.batch)
-    packer: ShardPacker[ShardRecord] = ShardPacker(limits, lambda i: _ShardWriter(ctx, queue, attempt, i, version))
-    max_attempts = ctx.config.batch.max_attempts
+    ledger, provider, spec, config = ctx.ledger, ctx.provider(queue), ctx.spec(queue), ctx.config
+    limits = ShardLimits.for_provider(provider.limits, config.batch)
+    keys: dict[str, str] = {}
+    packer: ShardPacker[ShardRecord] = ShardPacker(limits, lambda i: _ShardWriter(ctx, queue, attempt, i, version, keys))
+    max_attempts = config.batch.max_attempts
     lane = Ledger.lane(queue, version)
     rejected = OutcomeWriter(ledger, Ledger.rejected_rel(lane, attempt))
+    # Attempt 1 serves what it can without a request (retries hold representatives only).
+    serve = attempt == 1
+    served = ServedWriter(ledger, queue, lane)
+    cache = load_index(config, spec.provider, spec.model) if serve else None
+    from_cache = OutcomeWriter(ledger, cache_rel(lane)) if cache is not None else None
+    first_of: dict[bytes, str] = {}  # request key digest -> the first prompt planned with it
     seen_ids = array("Q")  # 8 bytes per row: duplicate prompt ids would mean two outcomes for one prompt
     key = _custom_id_key(ctx.run_id, version)
     try:
@@ -136,10 +164,15 @@ def _build_plan(
                 rejected.add(error_row(base, c.error[0], c.error[1], max_attempts=max_attempts))
                 continue
             assert c.body is not None
+            rkey = base["request_key"] = request_key(config.answer_cache.version, spec.provider, spec.model, c.body)
+            if serve and _served(c.prompt_id, rkey, base, cache, from_cache, served, first_of, config.dedupe):
+                continue
+            keys[cid] = rkey
             item = PackedRequest(c.prompt_id, cid, provider.serialize_request(BatchRequest(cid, c.body)), c.est_tokens)
             if not packer.fits_alone(item):
                 msg = f"serialized request is {len(item.line)} bytes, over the batch limit of {limits.max_bytes} bytes"
                 rejected.add(error_row(base, ErrorType.REQUEST_TOO_LARGE, msg, max_attempts=max_attempts))
+                del keys[cid]
                 continue
             packer.add(item)
         shards = packer.finish()
@@ -151,14 +184,52 @@ def _build_plan(
             )
     except BaseException:
         rejected.abort()
+        if from_cache is not None:
+            from_cache.abort()
         raise
     rejected.commit()
-    ledger.write_plan(lane, attempt, [r.shard_id for r in shards], rejected.count, version=version, **extra)
+    if from_cache is not None:
+        from_cache.commit()
+    if serve:
+        served.commit()
+    ledger.write_plan(lane, attempt, [r.shard_id for r in shards], rejected.count, version=version,
+                      deduped=served.dedupe, cached=served.cache, **extra)  # fmt: skip
     log.info(
-        "planned %s attempt %d: %d shard(s), %d row(s) rejected before submission",
-        lane, attempt, len(shards), rejected.count,
+        "planned %s attempt %d: %d shard(s), %d row(s) rejected before submission, %d served by dedupe, %d from the answer cache",
+        lane, attempt, len(shards), rejected.count, served.dedupe, served.cache,
     )  # fmt: skip
-    return PlanResult(queue, attempt, shards, rejected.count, reused=False, added=int(extra.get("added", 0)))
+    return PlanResult(queue, attempt, shards, rejected.count, reused=False, added=int(extra.get("added", 0)),
+                      deduped=served.dedupe, cached=served.cache)  # fmt: skip
+
+
+def _served(
+    prompt_id: str,
+    rkey: str,
+    base: dict[str, Any],
+    cache: CacheIndex | None,
+    from_cache: OutcomeWriter | None,
+    served: ServedWriter,
+    first_of: dict[bytes, str],
+    dedupe: bool,
+) -> bool:
+    """Serve a row without a request when the answer cache or an earlier row of the plan answers it."""
+    hit = cache.get(rkey) if cache is not None else None
+    if hit is not None:
+        assert from_cache is not None
+        from_cache.add({
+            **base, "status": "succeeded", "response_text": hit.response_text, "finish_reason": hit.finish_reason,
+            **dict.fromkeys(USAGE_COLUMNS), "error_type": None, "error_message": None, "served_by": "cache",
+            "retryable": False, "final": True,
+        })  # fmt: skip
+        served.cached(prompt_id, rkey, hit.usage)
+        return True
+    if dedupe:
+        digest = bytes.fromhex(rkey)
+        first = first_of.setdefault(digest, prompt_id)
+        if first != prompt_id:
+            served.duplicate(prompt_id, first, rkey)
+            return True
+    return False
 
 
 def _planned_prompt_ids(ctx: RunContext, queue: str, versions: list[int]) -> set[str]:
@@ -172,6 +243,7 @@ def _planned_prompt_ids(ctx: RunContext, queue: str, versions: list[int]) -> set
         for rel in rels:
             if ledger.exists(rel):
                 out.update(pq.read_table(ledger.path(rel), filesystem=ledger.fs, columns=["prompt_id"]).column("prompt_id").to_pylist())
+        out.update(served_prompt_ids(ledger, lane))  # duplicates and cache hits: planned, never sent
     return out
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from routellm_batch.answer_cache import add_run_answers
 from routellm_batch.batches import (
     QUEUES,
     RunContext,
@@ -322,6 +323,7 @@ def execute(
         expected = routed_row_count(config, run_date)
         uri, _rows = write_responses(config, run_date, ledger, expected, active)
         check_responses_partition(uri, expected, ctx.run_id)  # the output suite (great-expectations)
+        add_run_answers(config, run_date, uri)  # tonight's new answers, for the next nights (answer_cache)
         return _summary(ctx, ledger.records(), uri, start)
     finally:
         if providers is None:

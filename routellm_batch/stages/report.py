@@ -7,7 +7,11 @@ Per model (and one `all` row): requests billed, reported tokens of every kind (i
 5-minute and 1-hour cache writes, output, reasoning; each priced at its own rate), the batch cost, and two
 baselines for the same tokens at the strong model's price: in batch (`baseline_all_strong_usd`) and
 online (`baseline_online_usd`, what answering everything with the strong model online would cost);
-`savings_usd` = online baseline - cost. The baselines price the weak model's reported token counts at
+`savings_usd` = online baseline - cost. Rows answered without a request of their own (served by dedupe: an
+identical request of the run; or from the answer cache) are counted apart (`dedupe_requests`,
+`cache_requests`) with the USD they avoided, the batch price of the tokens their representative / their
+cached answer used; the baselines count those tokens too (a per-row submission would have paid them), so
+they are part of the savings. The baselines price the weak model's reported token counts at
 the strong model's rates, an approximation (the strong model would have used its own tokenizer and
 written answers of its own length); the cost itself is exact.
 
@@ -30,10 +34,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from routellm_batch.batches.served import read_served
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.output_suite import check_cost_report
 from routellm_batch.stages import add_run_arguments
-from routellm_batch.ledger import atomic_output, filesystem_for
+from routellm_batch.ledger import Ledger, atomic_output, filesystem_for
 from routellm_batch.providers.pricing import USAGE_COLUMNS, TokenUsage, batch_discount, price_table_for, stored_usd
 from routellm_batch.schemas import arrow_schema
 
@@ -97,6 +102,13 @@ class ReportSummary:
                 f"{writes:>9} {r['output_tokens']:>9} {r['reasoning_tokens']:>9} {_usd(r['cost_usd']):>10} "
                 f"{_usd(r['baseline_all_strong_usd']):>19} {_usd(r['baseline_online_usd']):>20} {_usd(r['savings_usd']):>10}"
             )
+        total = self.rows[-1]
+        if total["dedupe_requests"] or total["cache_requests"]:
+            lines.append(
+                f"served without a request: {total['dedupe_requests']} row(s) by dedupe "
+                f"(${_usd(total['dedupe_avoided_usd'])} avoided), {total['cache_requests']} from the answer cache "
+                f"(${_usd(total['cache_avoided_usd'])} avoided)"
+            )
         lines.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())))
         lines.extend(f"  {q.render()}" for q in self.outcomes.values())
         return "\n".join(lines)
@@ -149,6 +161,7 @@ def check_one_outcome_per_prompt(routed_ids: pa.ChunkedArray, response_ids: pa.C
 
 
 _MONEY = ("cost_usd", "baseline_all_strong_usd", "baseline_online_usd", "savings_usd")
+_SERVED = ("dedupe_requests", "cache_requests", "dedupe_avoided_usd", "cache_avoided_usd")
 
 
 def _usage_groups(table: pa.Table | None) -> dict[tuple[str, str, str], tuple[int, TokenUsage]]:
@@ -160,10 +173,30 @@ def _usage_groups(table: pa.Table | None) -> dict[tuple[str, str, str], tuple[in
             for g in grouped.to_pylist()}
 
 
-def cost_rows(config: RunConfig, run_date: date, responses: pa.Table, superseded: pa.Table | None = None) -> list[dict]:
+def _served_usage(billed: pa.Table, cached: pa.Table | None) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
+    """(rows billed on a request of their own, dedupe rows with their representative's usage, cache rows
+    with their cached answer's usage). `cached`: prompt_id + usage of the run's cache hits (ledger)."""
+    if "served_by" not in billed.column_names:
+        return billed, None, None
+    served_by = pc.fill_null(billed["served_by"], "batch")  # a table written before served_by existed
+    own = billed.filter(pc.equal(served_by, "batch"))
+    keys = ["model", "provider", "queue"]
+    # A duplicate carries its representative's custom_id: the request that answered it.
+    dupes = billed.filter(pc.equal(served_by, "dedupe")).select(["prompt_id", *keys, "custom_id"])
+    reps = own.select(["provider", "custom_id", *USAGE_COLUMNS])
+    dedupe = dupes.join(reps, keys=["provider", "custom_id"]) if dupes.num_rows else None
+    hits = billed.filter(pc.equal(served_by, "cache")).select(["prompt_id", *keys])
+    cache = hits.join(cached, keys="prompt_id") if hits.num_rows and cached is not None else None
+    return own, dedupe, cache
+
+
+def cost_rows(
+    config: RunConfig, run_date: date, responses: pa.Table, superseded: pa.Table | None = None, cached: pa.Table | None = None
+) -> list[dict]:
     """One row per (model, provider, queue) of succeeded requests, plus the `all` row (their sums).
     Every kind of token is priced at its own rate; money is exact (Decimal) at the table's scale.
-    `superseded`: a cascade's replaced weak answers, billed in pass 1 (see the module docstring)."""
+    `superseded`: a cascade's replaced weak answers, billed in pass 1 (see the module docstring).
+    `cached`: prompt_id + usage of the rows served from the answer cache (what their answers used)."""
     prices = price_table_for(config.pricing)
     discount = batch_discount(config.pricing)
     strong = prices.price(config.strong.model)
@@ -171,25 +204,35 @@ def cost_rows(config: RunConfig, run_date: date, responses: pa.Table, superseded
     if "pass" in billed.column_names:  # a cascade's pass-2 answers on a line of their own
         second = pc.fill_null(pc.equal(billed["pass"], 2), False)
         billed = billed.set_column(billed.schema.get_field_index("queue"), "queue", pc.if_else(second, "escalated", billed["queue"]))
+    billed, deduped, from_cache = _served_usage(billed, cached)
     final, paid_before = _usage_groups(billed), _usage_groups(superseded)
+    by_dedupe, by_cache = _usage_groups(deduped), _usage_groups(from_cache)
     rows = []
-    for model, provider, queue in sorted(final.keys() | paid_before.keys(), key=lambda k: (k[2], k[0])):
+    lines = final.keys() | paid_before.keys() | by_dedupe.keys() | by_cache.keys()
+    for model, provider, queue in sorted(lines, key=lambda k: (k[2], k[0])):
         requests, usage = final.get((model, provider, queue), (0, TokenUsage()))
         extra_requests, extra = paid_before.get((model, provider, queue), (0, TokenUsage()))
+        dedupe_requests, dedupe_usage = by_dedupe.get((model, provider, queue), (0, TokenUsage()))
+        cache_requests, cache_usage = by_cache.get((model, provider, queue), (0, TokenUsage()))
         paid = TokenUsage(**{c: getattr(usage, c) + getattr(extra, c) for c in USAGE_COLUMNS})
+        # The baselines answer every row once, at its own request's tokens: served rows at the ones they avoided.
+        answered = TokenUsage(**{c: getattr(usage, c) + getattr(dedupe_usage, c) + getattr(cache_usage, c) for c in USAGE_COLUMNS})
         cost = stored_usd(prices.cost(model, paid, discount=discount))
-        online = stored_usd(strong.baseline_cost(usage))
+        online = stored_usd(strong.baseline_cost(answered))
         rows.append(
             {
                 "model": model, "provider": provider, "queue": queue, "requests": requests + extra_requests,
                 **dataclasses.asdict(paid), "cost_usd": cost,
-                "baseline_all_strong_usd": stored_usd(strong.baseline_cost(usage, discount)),
+                "baseline_all_strong_usd": stored_usd(strong.baseline_cost(answered, discount)),
                 "baseline_online_usd": online, "savings_usd": online - cost,
+                "dedupe_requests": dedupe_requests, "cache_requests": cache_requests,
+                "dedupe_avoided_usd": stored_usd(prices.cost(model, dedupe_usage, discount=discount)),
+                "cache_avoided_usd": stored_usd(prices.cost(model, cache_usage, discount=discount)),
             }
         )
     total = {"model": "all", "provider": "all", "queue": "all"}
-    for key in ("requests", *USAGE_COLUMNS, *_MONEY):
-        total[key] = sum((r[key] for r in rows), Decimal(0) if key in _MONEY else 0)
+    for key in ("requests", *USAGE_COLUMNS, *_MONEY, *_SERVED):
+        total[key] = sum((r[key] for r in rows), Decimal(0) if key.endswith("_usd") else 0)
     rows.append(total)
     for r in rows:
         r |= {"run_id": config.run_id(run_date), "price_table_version": prices.version, "run_date": run_date.isoformat()}
@@ -200,13 +243,16 @@ def execute(config: RunConfig, run_date: date) -> ReportSummary:
     run_id = config.run_id(run_date)
     routed = _read_partition(config, "routed", run_date, ["prompt_id"])
     responses = _read_partition(
-        config, "responses", run_date, ["prompt_id", "model", "provider", "queue", "status", "error_type", "pass", *USAGE_COLUMNS]
-    )
+        config, "responses", run_date,
+        ["prompt_id", "model", "provider", "queue", "status", "error_type", "pass", "served_by", "custom_id", *USAGE_COLUMNS],
+    )  # fmt: skip
     check_one_outcome_per_prompt(routed["prompt_id"], responses["prompt_id"], run_id)
     superseded = None
     if config.cascade is not None:
         superseded = _read_partition(config, "superseded", run_date, ["prompt_id", "model", "provider", "queue", *USAGE_COLUMNS])
-    rows = cost_rows(config, run_date, responses, superseded)
+    served = read_served(Ledger.for_run(config, run_date))
+    cached = served.filter(pc.equal(served["served_by"], "cache")).select(["prompt_id", *USAGE_COLUMNS])
+    rows = cost_rows(config, run_date, responses, superseded, cached)
     table = pa.Table.from_pylist(rows, schema=arrow_schema("cost_report"))
     check_cost_report(table, run_id)  # the output suite (great-expectations), before anything is written
     uri = f"{config.table_uri('cost_report')}/run_date={run_date.isoformat()}"
