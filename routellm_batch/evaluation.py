@@ -15,6 +15,12 @@ How the curve is computed, exactly and deterministically:
   PGR is not capped: the oracle's curve exceeds 1 when the weak model wins some prompts.
 - CPT(p) is the smallest share x with PGR(x) >= p on that curve (interpolated between grid points).
 - "95% of all-strong": the smallest share (and USD) whose quality reaches 0.95 * q_strong.
+- Out-of-fold scores come from K different models whose scales differ (a ridge's intercept is its
+  training folds' mean gain, so a held-out fold with a low mean gets high scores: pooled raw, folds
+  would be ranked against each other in reverse). `evaluate_scores(..., folds=ids)` therefore ranks
+  every score within its fold first (`within_fold_ranks`), the routers' and the baselines' alike:
+  the top share x of the pooled ranks is about the top x of each fold, i.e. the folds are evaluated
+  at the same share and pooled, which is what one deployed model would do.
 
 CLI: `routellm-batch evaluate --outcomes T --router SPEC [--folds K] [--prices FILE] [--out DIR]`; with
 --folds every figure is out-of-fold (trained on K-1 folds split by prompt, scored on the held-out one).
@@ -69,6 +75,7 @@ __all__ = [
     "share_at_quality",
     "train_for_evaluation",
     "training_battles",
+    "within_fold_ranks",
     "write_report",
 ]
 
@@ -296,17 +303,41 @@ def baseline_scores(prompts: Sequence[str], outcomes: PairedOutcomes | None = No
     return out
 
 
+def within_fold_ranks(scores: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Each score replaced by its rank quantile inside its fold, (rank + 0.5) / fold size; ties share
+    their mean rank, so a fold scored by a constant stays one tie (see the module docstring)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    folds = np.asarray(folds)
+    if scores.shape != folds.shape:
+        raise ValueError(f"within_fold_ranks: {scores.shape[0]} scores but {folds.shape[0]} fold ids")
+    out = np.empty_like(scores)
+    for k in np.unique(folds):
+        member = np.flatnonzero(folds == k)
+        values, group, counts = np.unique(scores[member], return_inverse=True, return_counts=True)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # rank of each group's first member
+        out[member] = (first + (counts - 1) / 2.0)[group] / member.size + 0.5 / member.size
+    return out
+
+
 def evaluate_scores(outcomes: PairedOutcomes, router_scores: Mapping[str, np.ndarray],
-                    random_seeds: Sequence[int] = RANDOM_SEEDS) -> Evaluation:
-    """Figures of each router's scores and of the baselines (random mean, length, oracle) on the same prompts."""
+                    random_seeds: Sequence[int] = RANDOM_SEEDS, folds: np.ndarray | None = None) -> Evaluation:
+    """Figures of each router's scores and of the baselines (random mean, length, oracle) on the same prompts.
+
+    `folds` (fold id per prompt) when the router scores are out-of-fold: every score, baselines included,
+    is ranked within its fold first (`within_fold_ranks`).
+    """
+
+    def curve(scores: np.ndarray) -> RoutingCurve:
+        return routing_curve(scores if folds is None else within_fold_ranks(scores, folds), outcomes)
+
     curves: dict[str, RoutingCurve] = {}
     for name, scores in router_scores.items():
-        curves[name] = routing_curve(scores, outcomes)
+        curves[name] = curve(scores)
     for name, score_sets in baseline_scores(outcomes.prompts, outcomes, random_seeds).items():
         label = f"{name} (mean of {len(score_sets)} seeds)" if name == "random" else name
         if label in curves:
             continue
-        curves[label] = mean_curve([routing_curve(s, outcomes) for s in score_sets])
+        curves[label] = mean_curve([curve(s) for s in score_sets])
     figures = [RouterFigures.from_curve(name, curve) for name, curve in curves.items()]
     notes = []
     if not outcomes.strong.mean() > outcomes.weak.mean():
@@ -814,9 +845,12 @@ def _run(args: argparse.Namespace) -> int:
     outcomes = paired_outcomes(table, args.strong_model, args.weak_model, prices, args.expected_output_tokens,
                                price_factor=args.batch_discount)
     notes: list[str] = []
+    folds = None
     if trainable:
         scores = out_of_fold_scores(outcomes, _router_trainer(spec, args), args.folds, args.seed)
+        folds = fold_ids(outcomes.prompts, args.folds, args.seed)
         mode = f"out-of-fold ({args.folds} folds, seed {args.seed})"
+        notes.append("every row's scores (baselines too) ranked within their fold: one model per fold")
     else:
         if is_checkpoint:
             from routellm_batch.routers.checkpoint import load_checkpoint
@@ -833,7 +867,7 @@ def _run(args: argparse.Namespace) -> int:
                 notes.append(f"{spec} needs no training: the same scores in every fold")
         scores = np.asarray(router.score(list(outcomes.prompts)), dtype=np.float64)
     name = Path(spec).name if is_checkpoint else spec
-    evaluation = evaluate_scores(outcomes, {name: scores})
+    evaluation = evaluate_scores(outcomes, {name: scores}, folds=folds)
     evaluation.notes.extend(notes)
     print(f"routing quality: {name}, {mode}")
     print(format_table(evaluation))

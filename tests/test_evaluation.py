@@ -28,7 +28,9 @@ from routellm_batch.evaluation import (
     routing_curve,
     share_at_quality,
     training_battles,
+    within_fold_ranks,
 )
+from routellm_batch.routers.length import LengthRouter
 from routellm_batch.routers.random_router import RandomRouter
 
 DEMO_GSM8K = Path(cli.__file__).parent / "demo" / "gsm8k_demo.csv"
@@ -212,6 +214,30 @@ def test_out_of_fold_scoring_never_trains_on_a_held_out_prompt():
         assert not train & held
     assert set().union(*(h for _, h in seen)) == set(o.prompts)
     assert not np.isnan(scores).any()
+
+
+def test_within_fold_ranks_are_quantiles_per_fold_with_ties_sharing_their_mean_rank():
+    ranks = within_fold_ranks(np.array([3.0, 1.0, 1.0, 10.0, -20.0, 7.0, 7.0]), np.array([0, 0, 0, 1, 1, 2, 2]))
+    np.testing.assert_allclose(ranks, [2.5 / 3, 1 / 3, 1 / 3, 0.75, 0.25, 0.5, 0.5])
+    with pytest.raises(ValueError, match="fold ids"):
+        within_fold_ranks(np.zeros(3), np.zeros(2))
+
+
+def test_folds_ranked_alone_undo_offsets_between_fold_models_and_baselines_take_the_same_path():
+    # two folds, each scored by its own model: perfect order inside each fold, but the fold whose prompts
+    # gain more got the lower intercept (as a training-fold mean would): pooled raw, folds rank in reverse
+    o = synthetic_outcomes(400, seed=8)
+    folds = np.arange(400) % 2
+    gain = o.strong - o.weak
+    offset = np.where(folds == 0, -10.0, 10.0) * np.sign(gain[folds == 0].mean() - gain[folds == 1].mean())
+    scores = gain + offset
+    raw = evaluate_scores(o, {"r": scores}).figures[0].apgr
+    ranked = {f.router: f.apgr for f in evaluate_scores(o, {"r": scores}, folds=folds).figures}
+    per_fold_oracle = apgr(routing_curve(within_fold_ranks(gain, folds), o))
+    assert ranked["r"] == pytest.approx(per_fold_oracle) and ranked["r"] > raw
+    length = apgr(routing_curve(within_fold_ranks(LengthRouter().score(list(o.prompts)), folds), o))
+    assert ranked["length"] == pytest.approx(length)
+    assert ranked["oracle"] == pytest.approx(per_fold_oracle)
 
 
 # ------------------------------------------------------------------------------------------- tables
