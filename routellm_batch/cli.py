@@ -16,7 +16,7 @@ from routellm_batch._extras import MissingExtra, needs_extra
 from routellm_batch.config import ConfigError
 
 # Commands that write a run date's tables or spend money: each holds the run's lease (one process per run date).
-LEASED = frozenset({"validate", "score", "split", "submit", "wait", "collect", "escalate", "report", "run", "nightly"})
+LEASED = frozenset({"validate", "score", "split", "submit", "wait", "collect", "escalate", "audit", "report", "run", "nightly"})
 EXIT_USER_ERROR = 2
 EXIT_LEASE_HELD = 75  # EX_TEMPFAIL: another process is on this run date; try again later
 
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "wait": ("routellm_batch.stages.wait", "Stage 5: poll until every batch of the run is terminal."),
     "collect": ("routellm_batch.stages.collect", "Stage 6: download results -> responses table; resubmit retryables."),
     "escalate": ("routellm_batch.stages.escalate", "Cascade pass 2: escalate the most doubtful weak answers to the strong model."),
+    "audit": ("routellm_batch.stages.audit", "Audit slice: a hashed share of each queue answered by the other model and labelled."),
     "report": ("routellm_batch.stages.report", "Stage 7: cost account per model from reported usage; invariant checks."),
     "run": ("routellm_batch.stages.run", "Run every stage of one run date, in order; resumes a run that died."),
     "nightly": ("routellm_batch.stages.run", "Alias of `run`."),

@@ -203,8 +203,8 @@ def match_reference(
 # -- the nightly audit slice -------------------------------------------------------------------------
 
 def in_audit_slice(prompt_id: str, share: float, salt: str = "") -> bool:
-    """Whether a weak-queue prompt is also answered by the strong model tonight: a hash of its id, so the
-    same prompts are chosen on every re-run, and a share `share` of them on average."""
+    """Whether a routed prompt is also answered by the other model tonight: a hash of its id, so the
+    same prompts are chosen on every re-run, and a share `share` of each queue on average."""
     digest = hashlib.sha256(f"audit\x00{salt}\x00{prompt_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
@@ -241,9 +241,12 @@ def audit_estimate(strong: Sequence[float], weak: Sequence[float], weak_share: f
 
 # -- is the configured router measured on this job? -----------------------------------------------
 
-def router_provenance_line(config: Any) -> str | None:
+def router_provenance_line(config: Any, audited: bool = False) -> str | None:
     """One line for the run summary when the configured router was never measured on this job's
-    prompts (no learn report for this job next to its checkpoint); None when it was."""
+    prompts (no learn report for this job next to its checkpoint, and `audited` False: no audit slice
+    labelled tonight's routing); None when it was."""
+    if audited:
+        return None
     checkpoint = config.router.checkpoint
     if checkpoint is not None and "://" not in checkpoint:
         report = Path(checkpoint) / LEARN_REPORT
@@ -255,6 +258,7 @@ def router_provenance_line(config: Any) -> str | None:
                 pass
     name = config.router.kind if checkpoint is None else f"{config.router.kind} ({checkpoint})"
     return (
-        f"router {name} has never been measured on this job's prompts (no learn report): its routing quality "
-        f"here is unknown; run `routellm-batch learn --config C --sample N --out DIR` to measure and learn one"
+        f"router {name} has never been measured on this job's prompts (no learn report, no audit): its routing "
+        f"quality here is unknown; run `routellm-batch learn --config C --sample N --out DIR` to measure and learn "
+        f"one, or configure `audit:` to measure it every night"
     )

@@ -17,7 +17,8 @@ written answers of its own length); the cost itself is exact.
 
 A cascade run bills both passes: pass-2 strong answers on their own `escalated` line, and the weak
 answers they superseded still on the weak line (they were paid), where they count in requests, tokens
-and cost but not in the baselines (those answer each prompt once).
+and cost but not in the baselines (those answer each prompt once). The nightly audit slice's answers and
+judge verdicts (routellm_batch.audit_runs) are billed the same way, on an `audit` line.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from routellm_batch.audit_runs import billed_usage
 from routellm_batch.batches.served import read_served
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.output_suite import check_cost_report
@@ -250,6 +252,9 @@ def execute(config: RunConfig, run_date: date) -> ReportSummary:
     superseded = None
     if config.cascade is not None:
         superseded = _read_partition(config, "superseded", run_date, ["prompt_id", "model", "provider", "queue", *USAGE_COLUMNS])
+    audit = billed_usage(config, run_date) if config.audit is not None else None
+    if audit is not None:  # billed like superseded answers: paid, on their own line, never in the baselines
+        superseded = audit if superseded is None else pa.concat_tables([superseded, audit.cast(superseded.schema)])
     served = read_served(Ledger.for_run(config, run_date))
     cached = served.filter(pc.equal(served["served_by"], "cache")).select(["prompt_id", *USAGE_COLUMNS])
     rows = cost_rows(config, run_date, responses, superseded, cached)

@@ -29,6 +29,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from routellm_batch.audit_runs import summary_line
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.labels import router_provenance_line
 from routellm_batch.lease import run_lease
@@ -56,12 +57,17 @@ def sandboxed(config: RunConfig) -> Iterator[RunConfig]:
             role: spec.model_copy(update={"base_url": urls[spec.provider]})
             for role, spec in (("strong", config.strong), ("weak", config.weak))
         }
+        update: dict[str, Any] = dict(models)
+        if config.learn is not None and config.learn.judge is not None:  # the audit's judge answers here too
+            judge = config.learn.judge.model
+            models["judge"] = judge.model_copy(update={"base_url": urls[judge.provider]})
+            update["learn"] = config.learn.model_copy(update={"judge": config.learn.judge.model_copy(update={"model": models["judge"]})})
         # The sandbox only checks that a key is sent; a real key in the environment never leaves this host.
-        added = [spec.api_key_env for spec in models.values() if spec.api_key_env not in os.environ]
+        added = sorted({spec.api_key_env for spec in models.values() if spec.api_key_env not in os.environ})
         os.environ.update({name: "sandbox" for name in added})
         try:
             log.info("sandbox provider serving on %s", server.anthropic_base_url)
-            yield config.model_copy(update=models)
+            yield config.model_copy(update=update)
         finally:
             for name in added:
                 os.environ.pop(name, None)
@@ -97,6 +103,14 @@ def listing_fingerprint(uri: str) -> str | None:
 def _models(config: RunConfig) -> dict[str, Any]:
     # Where the provider is reached and which key is used do not change what is asked.
     return {r: s.model_dump(mode="json", exclude={"base_url", "api_key_env"}) for r, s in (("strong", config.strong), ("weak", config.weak))}
+
+
+def _audit_settings(config: RunConfig) -> Any:
+    if config.audit is None or config.learn is None:
+        return None
+    # The slice and how it is labelled; where the judge is reached and with which key do not change it.
+    labels = config.learn.model_dump(mode="json", include={"reference", "judge"}, exclude={"judge": {"model": {"base_url", "api_key_env"}}})
+    return [config.audit.model_dump(mode="json"), labels]
 
 
 # -- the stages ----------------------------------------------------------------------------------------
@@ -180,6 +194,13 @@ def _escalate(r: _Run) -> StageOutcome:
     return StageOutcome(s.render(), s.done)
 
 
+def _audit(r: _Run) -> StageOutcome:
+    from routellm_batch.stages import audit
+
+    s = audit.execute(r.live, r.run_date)
+    return StageOutcome(s.render(), s.done)
+
+
 def _report(r: _Run) -> StageOutcome:
     from routellm_batch.stages import report
 
@@ -207,6 +228,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("wait", _wait, lambda c: [], batches=True),
     Stage("collect", _collect, lambda c: [c.batch.max_attempts], ("responses",), batches=True),
     Stage("escalate", _escalate, lambda c: [c.cascade.model_dump(mode="json") if c.cascade else None, _models(c)], ("responses", "superseded"), batches=True, applies=lambda c: c.cascade is not None),
+    Stage("audit", _audit, lambda c: [_audit_settings(c), _models(c)], ("audit", "audit_summary"), batches=True, applies=lambda c: c.audit is not None),
     Stage("report", _report, lambda c: [c.pricing.model_dump(mode="json"), _models(c)], ("cost_report",)),
 )  # fmt: skip
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -347,12 +369,17 @@ def summary_table(config: RunConfig, run_date: date) -> str:
             rows.append((f"cost vs {label} (USD)", f"{spent:.4f} vs {base:.4f}: {base - spent:.4f} saved ({saved})"))
     quality = quality_figures(config, run_date)
     rows.append(("quality vs all-strong", quality.vs_all_strong() if quality else "unknown (no known outcomes configured)"))
+    audit = _partition(config, run_date, "audit_summary", ["queue", "routed", "labelled", "label_source", "quality_strong",
+                       "quality_routed", "gap", "gap_ci_low", "gap_ci_high", "routed_minus_all_strong", "ci_low", "ci_high"])
+    audited = any(r["queue"] == "all" and r["labelled"] for r in audit)
+    if audit:
+        rows.append(("audit estimate", summary_line(audit)))
     for name in ("prompts", "quarantine", "routed", "responses", "cost_report"):
         rows.append((f"table {name}", f"{config.table_uri(name)}/run_date={run_date.isoformat()}"))
     rows.append(("run report", f"{report_uri(config, run_date)}/index.html"))
     width = max(len(k) for k, _ in rows)
     lines = [f"run {config.run_id(run_date)}"] + [f"  {k:<{width}}  {v}" for k, v in rows]
-    provenance = router_provenance_line(config)
+    provenance = router_provenance_line(config, audited=audited)
     return "\n".join(lines + ([f"note: {provenance}"] if provenance else []))
 
 
