@@ -61,8 +61,11 @@ class RunContext:
 
 
 def build_queue_provider(config: RunConfig, queue: str, **options: Any) -> BatchProvider:
-    """The provider of one queue, with the run's create timeout unless `options` names one."""
+    """The provider of one queue, with the run's create timeout, declared output and prompt-caching hints
+    unless `options` names them."""
     options.setdefault("create_timeout_s", config.batch.create_timeout_seconds)
+    options.setdefault("output", config.output)
+    options.setdefault("prompt_caching", config.prompt_caching)
     return build_provider(config.strong if queue == "strong" else config.weak, **options)
 
 

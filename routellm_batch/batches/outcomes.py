@@ -29,6 +29,7 @@ from routellm_batch.providers.base import RequestResult, ResultStatus
 from routellm_batch.providers.errors import ErrorType
 from routellm_batch.providers.pricing import USAGE_COLUMNS
 from routellm_batch.schemas import arrow_schema
+from routellm_batch.structured import with_answer, with_answer_field
 
 __all__ = [
     "OUTCOME_SCHEMA",
@@ -159,7 +160,7 @@ def write_responses(
     target = f"{dir_path}/part-00000.parquet"
     rows = 0
     with atomic_output(fs, target) as out:
-        writer = pq.ParquetWriter(out, RESPONSES_FILE_SCHEMA)
+        writer = pq.ParquetWriter(out, with_answer_field(RESPONSES_FILE_SCHEMA, config.output))
         for file_batches in published_batches(ledger, outcome_files):  # each file's, then dedupe's copies
             for batch in file_batches:
                 keep = pc.equal(batch.column("final"), True)
@@ -172,7 +173,7 @@ def write_responses(
                 final = batch.filter(keep)
                 if final.num_rows:
                     table = pa.Table.from_batches([final]).select(RESPONSES_FILE_SCHEMA.names).cast(RESPONSES_FILE_SCHEMA)
-                    writer.write_table(table)
+                    writer.write_table(with_answer(table, config.output))  # the typed answers (config `output`)
                     rows += final.num_rows
         writer.close()
         if rows != expected_rows:

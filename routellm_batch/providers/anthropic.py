@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from routellm_batch.providers.base import (
@@ -27,6 +28,8 @@ from routellm_batch.providers.base import (
     ShardPayload,
 )
 from routellm_batch.providers.errors import ErrorType
+from routellm_batch.providers.pricing import estimate_tokens
+from routellm_batch.providers.prompt_cache import anthropic_cache_min_tokens
 from routellm_batch.providers.usage import anthropic_usage
 
 __all__ = ["AnthropicBatchProvider", "ANTHROPIC_PROCESSING_STATUSES", "ANTHROPIC_ERROR_TYPES", "ANTHROPIC_RESULT_TYPES"]
@@ -105,8 +108,27 @@ class AnthropicBatchProvider(BatchProvider):
             "messages": messages,
         }
         if systems:
-            body["system"] = "\n\n".join(systems)
+            system = "\n\n".join(systems)
+            floor = self.cache_prefix_min_tokens()
+            if floor is not None and estimate_tokens(system) >= floor:
+                # Anthropic caches only up to a breakpoint: mark the shared system prompt (written once
+                # at the write price, read by the batch's later requests at a tenth of the input price).
+                body["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+            else:
+                body["system"] = system
+        if self.output is not None:
+            body["output_config"] = self._output_config
         return body
+
+    @cached_property
+    def _output_config(self) -> dict[str, Any]:
+        from routellm_batch.structured import anthropic_output_config
+
+        assert self.output is not None
+        return anthropic_output_config(self.output)
+
+    def provider_cache_min_tokens(self) -> int:
+        return anthropic_cache_min_tokens(self.spec.model)
 
     def serialize_request(self, request: BatchRequest) -> bytes:
         line = {"custom_id": request.custom_id, "params": request.body}

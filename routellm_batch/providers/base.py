@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, ClassVar, Literal, TypeVar
 
-from routellm_batch.config import BatchSettings, ModelSpec
+from routellm_batch.config import BatchSettings, ModelSpec, PromptCachingSettings, StructuredOutput
 from routellm_batch.crashpoints import crash_point
 from routellm_batch.providers.errors import (
     REDACTED,
@@ -77,6 +77,8 @@ class ResultStatus(str, enum.Enum):
     ERRORED = "errored"
     EXPIRED = "expired"
     CANCELED = "canceled"
+    UNPARSABLE = "unparsable"
+    """Answered (and billed), but the answer is not JSON or breaks the declared output (config `output`)."""
 
 
 @dataclass(frozen=True)
@@ -141,10 +143,14 @@ class RequestResult:
     reasoning_tokens: int | None = None
     error_type: ErrorType | None = None
     error_message: str | None = None
+    retry: bool | None = None
+    """Overrides the error type's next step (an unparsable answer is retried only when the config says so)."""
 
     @property
     def retryable(self) -> bool:
-        return self.status is not ResultStatus.SUCCEEDED and (self.error_type or ErrorType.UNKNOWN).retryable
+        if self.status is ResultStatus.SUCCEEDED:
+            return False
+        return self.retry if self.retry is not None else (self.error_type or ErrorType.UNKNOWN).retryable
 
 
 class MalformedResultLine(ValueError):
@@ -189,9 +195,13 @@ class BatchProvider(ABC):
         timeout_s: float = 120.0,
         create_timeout_s: float | None = None,
         api_key: str | None = None,
+        output: StructuredOutput | None = None,
+        prompt_caching: PromptCachingSettings | None = None,
     ) -> None:
         """`api_key`: the key itself, for callers that hold it in memory (an Airflow connection);
-        None reads the environment variable `spec.api_key_env` on first use."""
+        None reads the environment variable `spec.api_key_env` on first use. `output`: the answers'
+        declared shape, asked of the model in each request; `prompt_caching`: when to send caching hints
+        (None: none)."""
         if spec.provider != self.name:
             raise ValueError(f"{type(self).__name__} serves provider {self.name!r}, the spec says {spec.provider!r}")
         self.spec = spec
@@ -200,6 +210,8 @@ class BatchProvider(ABC):
         self._create_timeout_s = create_timeout_s
         self._clients: dict[bool, Any] = {}
         self._key: str | None = api_key or None
+        self.output = output
+        self.prompt_caching = prompt_caching
 
     # -- credentials and clients ----------------------------------------------------------------
     def api_key(self) -> str:
@@ -292,6 +304,17 @@ class BatchProvider(ABC):
         return redact(text, [self._key])
 
     # -- the dialect: rows -> requests -> bytes ---------------------------------------------------
+    def cache_prefix_min_tokens(self) -> int | None:
+        """From how many (estimated) tokens a shared system prompt gets caching hints; None: no hints."""
+        settings = self.prompt_caching
+        if settings is None or not settings.enabled:
+            return None
+        return settings.min_prefix_tokens or self.provider_cache_min_tokens()
+
+    @abstractmethod
+    def provider_cache_min_tokens(self) -> int:
+        """The provider's documented minimum cacheable prompt length for this model."""
+
     def max_tokens_for(self, row: Mapping[str, Any]) -> int:
         value = row.get("max_tokens")
         return int(value) if value is not None else self.spec.max_tokens

@@ -67,6 +67,9 @@ class ErrorType(str, enum.Enum):
     pay twice); the raw line is kept in the ledger's results/ folder."""
     MISSING_RESULT = "missing_result"
     """The batch ended without a (parseable) result line for this request."""
+    UNPARSABLE = "unparsable"
+    """The answer came (and was billed) but is not JSON or breaks the declared output: retried only
+    when the config's `output.on_unparsable` says so (RequestResult.retry), never by default."""
     UNKNOWN = "unknown"
 
     @property

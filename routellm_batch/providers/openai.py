@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any, Literal
 
 from routellm_batch.providers.base import (
@@ -26,6 +27,8 @@ from routellm_batch.providers.base import (
     ShardPayload,
 )
 from routellm_batch.providers.errors import ErrorType, classify_http_status
+from routellm_batch.providers.pricing import estimate_tokens
+from routellm_batch.providers.prompt_cache import OPENAI_CACHE_MIN_TOKENS, prompt_cache_key
 from routellm_batch.providers.usage import openai_usage
 
 __all__ = ["OpenAIBatchProvider", "OPENAI_STATUSES", "OPENAI_ERROR_CODES"]
@@ -105,7 +108,7 @@ class OpenAIBatchProvider(BatchProvider):
             messages.append({"role": "user", "content": str(row["prompt"])})
         else:
             raise ValueError("prompt/messages: the row has neither a prompt nor messages")
-        return {
+        body: dict[str, Any] = {
             **self.spec.request_template,
             "model": self.spec.model,
             "messages": messages,
@@ -113,6 +116,24 @@ class OpenAIBatchProvider(BatchProvider):
             # the o-series and gpt-5); OpenAI-compatible servers accept it too.
             "max_completion_tokens": self.max_tokens_for(row),
         }
+        if self.output is not None:
+            body["response_format"] = self._response_format
+        system = str(row["system"]) if row.get("system") else None
+        floor = self.cache_prefix_min_tokens()
+        if system and floor is not None and estimate_tokens(system) >= floor:
+            # OpenAI caches long prefixes by itself; the key sends requests sharing one to the same cache.
+            body["prompt_cache_key"] = prompt_cache_key(system)
+        return body
+
+    @cached_property
+    def _response_format(self) -> dict[str, Any]:
+        from routellm_batch.structured import openai_response_format
+
+        assert self.output is not None
+        return openai_response_format(self.output)
+
+    def provider_cache_min_tokens(self) -> int:
+        return OPENAI_CACHE_MIN_TOKENS
 
     def serialize_request(self, request: BatchRequest) -> bytes:
         line = {"custom_id": request.custom_id, "method": "POST", "url": ENDPOINT, "body": request.body}

@@ -52,6 +52,7 @@ from routellm_batch.providers.base import BatchInfo, BatchProvider, BatchState, 
 from routellm_batch.providers.errors import ErrorType
 from routellm_batch.providers.retry import call_with_retries
 from routellm_batch.batches.outcomes import OutcomeWriter, error_row, result_row, write_responses
+from routellm_batch.structured import check_result
 
 __all__ = ["CollectSummary", "add_arguments", "collect_shard", "execute", "run"]
 
@@ -173,6 +174,7 @@ def _write_outcomes(
                     st.duplicates += 1
                     continue
                 seen.add(result.custom_id)
+                result = check_result(result, ctx.config.output, queue=record.queue)  # unparsable answers
                 st.succeeded += result.status.value == "succeeded"
                 w.add(result_row(base(result.custom_id), result, max_attempts=max_attempts))
         for cid in cids:
