@@ -235,3 +235,34 @@ def test_judge_labels_the_slice_through_its_own_batches(night, tmp_path):
     assert len(pool) == len(ok) and set(pool["judge_model"]) == {"gpt-4.1-mini"} and (pool["judge_cost_usd"] > 0).all()
     batches = _batch_count(srv)
     assert audit.execute(jconfig, RUN_DATE).done and _batch_count(srv) == batches
+
+
+def test_learn_trains_on_the_pool_the_audit_filled(night, tmp_path):
+    """`learn --labels-from-pool`: a small sample of its own plus the audit's labelled prompts; its own labels
+    join the pool too (its own file, beside the audit's)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from routellm_batch.schemas import arrow_schema
+    from routellm_batch.stages.learn import execute as learn
+
+    _srv, _root, config, _responder, _summary, _before = night
+    schema = pa.schema([f for f in arrow_schema("prompts") if f.name != "run_date"])
+    routed = _table(config, "routed")
+    prompts = [{"run_id": config.run_id(RUN_DATE), "prompt_id": r["prompt_id"], "prompt": r["prompt"]} for _, r in routed.iterrows()]
+    folder = Path(config.table_uri("prompts")) / f"run_date={RUN_DATE.isoformat()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(prompts, schema=schema), folder / "part-00000.parquet")
+    small = config.model_copy(update={"learn": config.learn.model_copy(update={"routers": ["mf"], "bootstrap": 50})})
+    audited = len(read_pool(config))
+
+    summary = learn(small, 20, tmp_path / "learn", RUN_DATE, labels_from_pool=True)
+
+    report = json.loads((tmp_path / "learn" / "learn_report.json").read_text())
+    assert 0 < report["from_pool"] <= audited and summary.labelled == report["from_pool"] + 20
+    labels = pd.read_csv(tmp_path / "learn" / "labels.csv")
+    assert (labels["source"] == "pool").sum() == report["from_pool"] and labels["prompt"].is_unique
+    pool = read_pool(config).to_pandas()
+    assert Counter(pool["source"]) == {"audit": audited, "learn": 20}

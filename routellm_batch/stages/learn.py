@@ -1,6 +1,7 @@
 """`learn`: a router for this job's own prompts, learned through the batch APIs and proved out-of-fold.
 
     routellm-batch learn --config C --sample N --out DIR [--run-date D] [--max-usd X] [--router mf] [--promote]
+                         [--labels-from-pool]
 
 1. Sample N valid prompts of run date D (the `prompts` table `validate` wrote; validated now when absent):
    deterministic by a hash of prompt_id, identical prompts once, optionally evenly across
@@ -15,6 +16,9 @@
 5. Train: the families of `learn.routers` (best by inner cross-validation inside each outer fold unless one
    is named); out-of-fold figures beside random, length, the configured router and the oracle, each
    with a bootstrap interval; the final router is trained on every labelled prompt.
+   The labelled prompts join the job's labelled pool (`labels/`, routellm_batch.labels_pool), which the
+   nightly audit appends to; `--labels-from-pool` also trains (and evaluates) on the pool's prompts labelled
+   the same way, so the router keeps learning from the job's own traffic.
 6. DIR: checkpoint/, learn_report.json, labels.csv (labels and out-of-fold scores), learn_curves.png.
    `--promote`: refused, with the figures, unless the APGR interval's lower bound beats random and length.
 """
@@ -219,12 +223,15 @@ def _sandboxed(config: RunConfig, learn: LearnSettings) -> Iterator[tuple[RunCon
                 os.environ.pop(name, None)
 
 
+def _tag(out: Path) -> str:
+    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+
+
 def _batch_config(config: RunConfig, out: Path, role: str, spec: ModelSpec) -> RunConfig:
     """A run of its own for one role: its own output root below DIR and a job name derived from DIR, so
     that two learning runs never adopt each other's batches, and the same DIR always resumes."""
-    tag = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
     return config.model_copy(update={
-        "job_name": f"{config.job_name[:20]}-learn{tag}-{role}",
+        "job_name": f"{config.job_name[:20]}-learn{_tag(out)}-{role}",
         "output_root": str((out / "batches" / role).resolve()),
         "strong": spec,
         "weak": spec,
@@ -329,6 +336,60 @@ def _label(config: RunConfig, learn: LearnSettings, out: Path, run_date: date, r
         else:
             rows.at[i, "strong_score"], rows.at[i, "weak_score"] = outcome
     return rows
+
+
+# -- 4b. the labelled pool (routellm_batch.labels_pool, which the nightly audit appends to) ----------
+
+def _label_source(learn: LearnSettings) -> str:
+    return f"reference/{learn.reference.matcher}" if learn.reference is not None else f"judge/{learn.judge.mode}"  # type: ignore[union-attr]
+
+
+def _to_pool(config: RunConfig, learn: LearnSettings, run_date: date, out: Path, rows: pd.DataFrame) -> None:
+    """This run's labelled prompts into the job's pool (its own file, replaced by a re-run of the same DIR)."""
+    from routellm_batch.labels_pool import write_pool_part
+    from routellm_batch.providers.pricing import stored_usd
+
+    def usd(value: Any) -> Decimal:
+        return stored_usd(Decimal(repr(float(value)))) if pd.notna(value) else Decimal(0)
+
+    write_pool_part(config, run_date, f"learn-{_tag(out)}", [{
+        "prompt_id": r["prompt_id"], "source": "learn", **_request_parts(r), "label_source": _label_source(learn),
+        "strong_model": config.strong.model, "weak_model": config.weak.model,
+        "strong_answer": r["strong_response_text"], "weak_answer": r["weak_response_text"],
+        "strong_label": r["strong_score"], "weak_label": r["weak_score"],
+        "judge_model": learn.judge.model.model if learn.judge is not None else None,
+        **{f"{k}_cost_usd": usd(r[f"{k}_cost_usd"]) for k in ("strong", "weak", "judge")},
+    } for _, r in rows[rows["label_error"].isna()].iterrows()])
+
+
+def _with_pool(config: RunConfig, learn: LearnSettings, rows: pd.DataFrame) -> pd.DataFrame:
+    """The sample's rows and the pool's labelled prompts of this job (labelled the same way, by the same two
+    models) that the sample does not hold already (by request text): the nightly audit's, earlier runs'."""
+    from routellm_batch.labels_pool import read_pool
+
+    pool = read_pool(config)
+    if pool is None:
+        print(f"learn: the labelled pool {config.table_uri('labels')} is empty", flush=True)
+        return rows.assign(source="sample")
+    df = pool.to_pandas()
+    df = df[(df["label_source"] == _label_source(learn)) & (df["strong_model"] == config.strong.model)
+            & (df["weak_model"] == config.weak.model)]
+    extra = pd.DataFrame({
+        "prompt_id": df["prompt_id"], "prompt": df["prompt"], "system": df["system"],
+        "messages_json": [None if m is None else json.dumps(list(m), default=str) for m in df["messages"]],
+        "strong_status": "succeeded", "weak_status": "succeeded", "label_error": None, "source": "pool",
+        "strong_response_text": df["strong_answer"], "weak_response_text": df["weak_answer"],
+        "strong_score": df["strong_label"], "weak_score": df["weak_label"], "judge_cost_usd": 0.0,
+        "strong_cost_usd": df["strong_cost_usd"].astype(float), "weak_cost_usd": df["weak_cost_usd"].astype(float),
+    }).sort_values("prompt_id", kind="stable")
+
+    def text(f: pd.DataFrame) -> pd.Series:
+        return f["prompt"].fillna("") + "\x00" + f["messages_json"].fillna("") + "\x00" + f["system"].fillna("")
+
+    keys = text(extra)
+    extra = extra[~keys.isin(set(text(rows))) & ~keys.duplicated()]
+    print(f"learn: {len(extra)} labelled prompt(s) added from the pool {config.table_uri('labels')}", flush=True)
+    return pd.concat([rows.assign(source="sample"), extra], ignore_index=True)
 
 
 # -- 5. training and figures ---------------------------------------------------------------------------
@@ -499,6 +560,7 @@ def execute(
     max_usd: float | None = None,
     router: str | None = None,
     promote: bool | None = None,
+    labels_from_pool: bool = False,
 ) -> LearnSummary:
     from routellm_batch.evaluation import (
         PairedOutcomes,
@@ -533,6 +595,8 @@ def execute(
     with _sandboxed(config, learn) as (live, live_learn):
         rows = _answers(live, out, run_date, sample)
         rows = _label(live, live_learn, out, run_date, rows)
+    _to_pool(config, learn, run_date, out, rows)
+    rows = _with_pool(config, learn, rows) if labels_from_pool else rows.assign(source="sample")
     ok = rows["label_error"].isna().to_numpy()
     good = rows[ok].reset_index(drop=True)
     if len(good) < 2 * learn.folds:
@@ -574,7 +638,8 @@ def execute(
         "strong_model": config.strong.model, "weak_model": config.weak.model,
         "quality_strong": float(outcomes.strong.mean()), "quality_weak": float(outcomes.weak.mean()),
         "estimated_usd": float(estimate),
-        "spent_usd": float(rows[["strong_cost_usd", "weak_cost_usd", "judge_cost_usd"]].fillna(0).to_numpy().sum()),
+        "from_pool": int((rows["source"] == "pool").sum()),
+        "spent_usd": float(rows.loc[rows["source"] == "sample", ["strong_cost_usd", "weak_cost_usd", "judge_cost_usd"]].fillna(0).to_numpy().sum()),
         "router": final_kind, "families_per_fold": picked, "inner_cv_apgr": inner, "folds": learn.folds,
         "figures": figures, "thresholds": _thresholds(learn, routing_curve(oof, outcomes), final_scores, len(sample)),
         "notes": evaluation.notes,
@@ -605,6 +670,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-usd", type=float, default=None, help="refuse to start above this estimated cost")
     parser.add_argument("--router", default=None, help=f"train this family ({', '.join(LEARN_FAMILIES)}) instead of choosing")
     parser.add_argument("--promote", action="store_true", default=None, help="promote when it beats random and length")
+    parser.add_argument("--labels-from-pool", action="store_true",
+                        help="also train on the job's labelled pool (the nightly audit's labels, earlier learning runs')")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -612,7 +679,7 @@ def run(args: argparse.Namespace) -> int:
     run_date = parse_run_date(args.run_date) if args.run_date else date.today()
     try:
         summary = execute(config, args.sample, args.out, run_date, max_usd=args.max_usd, router=args.router,
-                          promote=args.promote)
+                          promote=args.promote, labels_from_pool=args.labels_from_pool)
     except LearnRefused as exc:
         print(str(exc))
         return 3
