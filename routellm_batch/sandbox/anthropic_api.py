@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from routellm_batch.sandbox.responders import Answer, ChatRequest, PromptCache, UnknownPrompt, prompt_tokens
+from routellm_batch.sandbox.structured import structured_answer
 from routellm_batch.sandbox.store import (
     ApiCall,
     ApiError,
@@ -113,7 +114,20 @@ def _chat_request(params: dict[str, Any]) -> ChatRequest:
         cache_breakpoint=breakpoint_,
         cache_ttl=ttl,
         thinking_budget=_thinking_budget(params),
+        answer_schema=_answer_schema(params.get("output_config")),
     )
+
+
+def _answer_schema(output_config: Any) -> str | None:
+    """The schema of `output_config: {format: {type: json_schema, schema}}` (structured outputs), as JSON text."""
+    if output_config is None:
+        return None
+    fmt = output_config.get("format") if isinstance(output_config, dict) else None
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise ValueError("output_config.format: expected {type: json_schema, schema: {...}}")
+    return json.dumps(fmt["schema"])
 
 
 def _plan(store: SandboxStore, custom_id: str, params: Any, cache: PromptCache) -> RequestPlan:
@@ -126,7 +140,9 @@ def _plan(store: SandboxStore, custom_id: str, params: Any, cache: PromptCache) 
     except ValueError as exc:
         return RequestPlan(custom_id, model, PlannedError("invalid_request", str(exc)))
     try:
-        outcome: Answer | PlannedError = cache.apply(request, store.responder.respond(request))
+        answer, broken = structured_answer(request, store.responder.respond(request), custom_id, store.faults)
+        store.count_fault(broken and f"unparsable_{broken}")
+        outcome: Answer | PlannedError = cache.apply(request, answer)
     except UnknownPrompt as exc:
         outcome = PlannedError("invalid_request", str(exc))
     return RequestPlan(custom_id, model, outcome, prompt_tokens(request))

@@ -15,7 +15,8 @@ reproducible) and/or by a rule that names exactly which call or batch it hits:
   `malformed_line_on`, `list_lag_on`) are `"<provider glob>#<n>[-<m>]"`: the n-th batch created among
   those whose provider matches the glob, counted per rule (`openai#1`, `anthropic#2-3`;
   `*#2` is the second batch of either provider). Batches refused at create are not counted.
-- request errors are keyed by `custom_id` (`request_errors`) or drawn by share.
+- request errors are keyed by `custom_id` (`request_errors`) or drawn by share; so are unusable structured
+  answers (`unparsable_answers`, `unparsable_share`).
 
 Light module: standard library only (PyYAML is imported inside `from_yaml`).
 """
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-__all__ = ["Faults", "FaultRule", "RequestErrorKind", "REQUEST_ERROR_KINDS", "draw"]
+__all__ = ["Faults", "FaultRule", "RequestErrorKind", "REQUEST_ERROR_KINDS", "UNPARSABLE_KINDS", "UnparsableKind", "draw"]
 
 RequestErrorKind = Literal["invalid_request", "server_error", "overloaded", "expired", "canceled"]
 """Per-request failures, in one vocabulary for both providers.
@@ -43,6 +44,11 @@ batch_expired / batch_cancelled. Anthropic: errored with invalid_request_error /
 api_error / overloaded_error; expired; canceled.
 """
 REQUEST_ERROR_KINDS: tuple[str, ...] = get_args(RequestErrorKind)
+
+UnparsableKind = Literal["invalid_json", "schema_violation", "label_outside"]
+"""How a structured answer (a request with a JSON schema) goes wrong: cut short (not JSON), a required field
+missing or a wrong type, an enum field (a label) given a value outside its set."""
+UNPARSABLE_KINDS: tuple[str, ...] = get_args(UnparsableKind)
 
 _RULE = re.compile(r"^(?P<glob>[A-Za-z0-9_.*?\[\]-]+?)(?:#(?P<lo>\d+)(?:-(?P<hi>\d+))?)?$")
 
@@ -173,6 +179,14 @@ class Faults:
     request_error_times: int = 1
     """How many batches a custom_id in `request_errors` fails in before it succeeds; 0 = always."""
 
+    # -- structured answers (requests that declare a JSON schema) --------------------------------
+    unparsable_share: float = 0.0
+    """Share of structured answers (drawn per custom_id, so a retry draws again) that come back unusable."""
+    unparsable_kinds: tuple[UnparsableKind, ...] = UNPARSABLE_KINDS  # type: ignore[assignment]
+    """Kinds the share-based unusable answers are drawn from."""
+    unparsable_answers: Mapping[str, UnparsableKind] = field(default_factory=dict)
+    """custom_id -> kind: these requests' structured answers come back unusable."""
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.name.endswith("_share"):
@@ -185,6 +199,15 @@ class Faults:
         for name in _RULE_FIELDS:
             for text in getattr(self, name):
                 FaultRule.parse(text, name)
+        object.__setattr__(self, "unparsable_kinds", tuple(str(k) for k in self.unparsable_kinds))
+        for kind in self.unparsable_kinds:
+            if kind not in UNPARSABLE_KINDS:
+                raise ValueError(f"unparsable_kinds: unknown kind {kind!r}; allowed: {', '.join(UNPARSABLE_KINDS)}")
+        if self.unparsable_share > 0 and not self.unparsable_kinds:
+            raise ValueError("unparsable_kinds: must name at least one kind when unparsable_share > 0")
+        if not isinstance(self.unparsable_answers, Mapping) or not set(self.unparsable_answers.values()) <= set(UNPARSABLE_KINDS):
+            raise ValueError(f"unparsable_answers: expected a mapping custom_id -> one of {', '.join(UNPARSABLE_KINDS)}")
+        object.__setattr__(self, "unparsable_answers", _FrozenDict(self.unparsable_answers))
         for kind in self.request_error_kinds:
             if kind not in REQUEST_ERROR_KINDS:
                 raise ValueError(f"request_error_kinds: unknown kind {kind!r}; allowed: {', '.join(REQUEST_ERROR_KINDS)}")
@@ -242,6 +265,7 @@ class Faults:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["request_errors"] = dict(self.request_errors)
+        out["unparsable_answers"] = dict(self.unparsable_answers)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     def rules(self, name: str) -> tuple[FaultRule, ...]:
@@ -266,7 +290,7 @@ class _FrozenDict(dict):
     """A dict that refuses changes (so a frozen Faults stays frozen) and can be hashed."""
 
     def _readonly(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("Faults.request_errors is read-only")
+        raise TypeError("Faults mappings are read-only")
 
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from routellm_batch.sandbox.logprobs import MAX_TOP_LOGPROBS, logprobs_content, with_confidence
 from routellm_batch.sandbox.responders import Answer, ChatRequest, PromptCache, UnknownPrompt, prompt_tokens
+from routellm_batch.sandbox.structured import structured_answer
 from routellm_batch.sandbox.store import (
     ApiCall,
     ApiError,
@@ -217,6 +218,9 @@ def _chat_request(body: dict[str, Any]) -> ChatRequest:
         raise ValueError(f"top_logprobs: expected an integer from 0 to {MAX_TOP_LOGPROBS}")
     if top is not None and not logprobs:
         raise ValueError("top_logprobs: logprobs must be set to true if top_logprobs is used")
+    cache_key = body.get("prompt_cache_key")
+    if cache_key is not None and not isinstance(cache_key, str):
+        raise ValueError("prompt_cache_key: expected a string")
     system = [t for r, t in pairs if r in ("system", "developer")]
     return ChatRequest(
         provider="openai",
@@ -226,7 +230,21 @@ def _chat_request(body: dict[str, Any]) -> ChatRequest:
         max_tokens=max_tokens,
         logprobs=logprobs,
         top_logprobs=top or 0,
+        answer_schema=_answer_schema(body.get("response_format")),
+        prompt_cache_key=cache_key,
     )
+
+
+def _answer_schema(response_format: Any) -> str | None:
+    """The schema of `response_format: {type: json_schema, json_schema: {name, schema, strict}}`, as JSON text."""
+    if response_format is None or (isinstance(response_format, dict) and response_format.get("type") == "text"):
+        return None
+    spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    if response_format.get("type") != "json_schema" or not isinstance(spec, dict):  # type: ignore[union-attr]
+        raise ValueError("response_format: the sandbox supports {type: text} and {type: json_schema, json_schema: {...}}")
+    if not isinstance(spec.get("name"), str) or not isinstance(spec.get("schema"), dict):
+        raise ValueError("response_format.json_schema: 'name' (a string) and 'schema' (an object) are required")
+    return json.dumps(spec["schema"])
 
 
 def _parse_input(store: SandboxStore, content: bytes, endpoint: str) -> tuple[list[RequestPlan], list[dict[str, Any]], str | None]:
@@ -292,7 +310,9 @@ def _parse_input(store: SandboxStore, content: bytes, endpoint: str) -> tuple[li
             plans.append(RequestPlan(cid, line_model, PlannedError("invalid_request", str(exc))))
             continue
         try:
-            answer = with_confidence(request, store.responder.respond(request), store.responder)
+            answer, broken = structured_answer(request, store.responder.respond(request), cid, store.faults)
+            store.count_fault(broken and f"unparsable_{broken}")
+            answer = with_confidence(request, answer, store.responder)
             outcome: Answer | PlannedError = cache.apply(request, answer)
         except UnknownPrompt as exc:
             outcome = PlannedError("invalid_request", str(exc))

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from routellm_batch.providers.prompt_cache import OPENAI_CACHE_MIN_TOKENS, anthropic_cache_min_tokens
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -66,6 +68,11 @@ class ChatRequest:
     logprobs: bool = False
     """OpenAI `logprobs: true`: return the answer's token log-probabilities."""
     top_logprobs: int = 0
+    answer_schema: str | None = None
+    """The JSON schema (as JSON text) a structured answer must fit: OpenAI `response_format` json_schema,
+    Anthropic `output_config.format` (sandbox.structured answers it)."""
+    prompt_cache_key: str | None = None
+    """OpenAI `prompt_cache_key`: requests with the same key share a prompt cache."""
 
     @property
     def prompt(self) -> str:
@@ -157,14 +164,9 @@ def _finish(request: ChatRequest, text: str) -> Answer:
     return Answer(text, prompt_tokens(request), n_out + thought, truncated, reasoning_tokens=thought)
 
 
-# Prompt caching: OpenAI caches any prompt of 1,024 tokens or more, hits counted in steps of 128;
-# Anthropic caches only up to a cache_control breakpoint, from 1,024 tokens (2,048 for Haiku).
-OPENAI_CACHE_MIN_TOKENS = 1024
+# Prompt caching (providers.prompt_cache): OpenAI caches any prompt of 1,024 tokens or more, hits counted in
+# steps of 128; Anthropic caches only up to a cache_control breakpoint, from the model's minimum length.
 OPENAI_CACHE_STEP = 128
-
-
-def anthropic_cache_min_tokens(model: str) -> int:
-    return 2048 if "haiku" in model else 1024
 
 
 class PromptCache:
@@ -173,20 +175,22 @@ class PromptCache:
     def __init__(self) -> None:
         self._seen: set[bytes] = set()
 
-    def _key(self, model: str, parts: Sequence[str]) -> bytes:
-        return hashlib.sha256(repr((model, tuple(parts))).encode()).digest()
+    def _key(self, model: str, parts: Sequence[str], scope: str | None = None) -> bytes:
+        return hashlib.sha256(repr((model, scope, tuple(parts))).encode()).digest()
 
     def apply(self, request: ChatRequest, answer: Answer) -> Answer:
         """The answer with the cache reads (and, for Anthropic, writes) this request makes."""
         parts = _parts(request)
         if request.provider == "openai":
             # The longest leading run of parts (never the whole prompt) that an earlier request sent.
+            # A prompt_cache_key scopes the cache (OpenAI routes requests by it together with the prefix).
+            scope = request.prompt_cache_key
             cached = 0
             for k in range(len(parts) - 1, 0, -1):
-                if self._key(request.model, parts[:k]) in self._seen:
+                if self._key(request.model, parts[:k], scope) in self._seen:
                     cached = _tokens_of(parts[:k])
                     break
-            self._seen.update(self._key(request.model, parts[:k]) for k in range(1, len(parts)))
+            self._seen.update(self._key(request.model, parts[:k], scope) for k in range(1, len(parts)))
             if cached < OPENAI_CACHE_MIN_TOKENS or answer.input_tokens < OPENAI_CACHE_MIN_TOKENS:
                 return answer
             cached = OPENAI_CACHE_MIN_TOKENS + (cached - OPENAI_CACHE_MIN_TOKENS) // OPENAI_CACHE_STEP * OPENAI_CACHE_STEP

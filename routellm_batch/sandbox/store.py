@@ -410,6 +410,12 @@ class SandboxStore:
             return f.request_error_kinds[int(pick * len(f.request_error_kinds))]
         return None
 
+    def count_fault(self, name: str | None) -> None:
+        """Count an injected fault decided outside the lock (None: nothing injected)."""
+        if name:
+            with self.lock:
+                self.faults_injected[name] += 1
+
     def apply_request_faults_locked(self, provider: Provider, seq: int, plans: list[RequestPlan]) -> None:
         # The key is quoted through a mark filled in at download (`quote_key`): never stored.
         echo = f" (request made with API key {KEY_MARK})" if self.faults.echo_api_key else ""
