@@ -60,6 +60,7 @@ _RESERVED_COLUMNS = frozenset({
     "custom_id", "status", "response_text", "finish_reason", "input_tokens", "output_tokens",
     "cached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens", "error_type",
     "error_message", "attempt", "pass", "escalation", "served_by", "answer", "request_key",
+    "raw_record", "reason", "detail",
 })  # fmt: skip
 
 
@@ -131,12 +132,25 @@ class InputTable(_Strict):
     @field_validator("carry")
     @classmethod
     def _carry_names(cls, v: list[str]) -> list[str]:
-        taken = sorted(set(v) & _RESERVED_COLUMNS)
+        # Spark resolves column names case-insensitively; names starting with '_' are its working columns.
+        taken = sorted(c for c in v if c.lower() in _RESERVED_COLUMNS or c.startswith("_"))
         if taken:
-            raise ValueError(f"{taken} are the product's own columns; rename them in the input or leave them out")
-        if len(set(v)) != len(v):
+            raise ValueError(
+                f"{taken} are the product's own column names (or start with '_'); rename them in the input or leave them out"
+            )
+        if len({c.lower() for c in v}) != len(v):
             raise ValueError("a column is named twice")
         return v
+
+    @model_validator(mode="after")
+    def _template_or_columns(self) -> InputTable:
+        # With a template the request text is rendered, never read: a column mapping for it would be ignored.
+        if self.template is not None:
+            ignored = sorted({"prompt", "messages", "system"} & self.columns.model_fields_set)
+            if ignored:
+                keys = ", ".join(f"columns.{k}" for k in ignored)
+                raise ValueError(f"{keys} not read when a template is set: name those columns in the template instead")
+        return self
 
     @field_validator("uri")
     @classmethod

@@ -12,7 +12,9 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
-__all__ = ["compile_template", "template_columns", "template_error"]
+__all__ = ["compile_template", "one_line", "row_renderer", "template_columns", "template_error"]
+
+Rendered = tuple[str | None, str | None, str | None]  # (prompt, system, error)
 
 
 @lru_cache(maxsize=1)
@@ -32,11 +34,35 @@ def template_error(source: str) -> str | None:
 
 
 def template_columns(source: str) -> set[str]:
-    """The column names a template reads (its undeclared variables)."""
-    return set(meta.find_undeclared_variables(_env().parse(source)))
+    """The column names a template reads (its undeclared variables, less Jinja's globals such as range)."""
+    return set(meta.find_undeclared_variables(_env().parse(source))) - set(_env().globals)
 
 
 def compile_template(source: str) -> Callable[[Mapping[str, Any]], str]:
     """A function rendering one row (column -> value) through the template."""
     template = _env().from_string(source)
     return lambda row: template.render(**row)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (its type and message; never a traceback)."""
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def row_renderer(user: str | None, system: str | None) -> Callable[[Mapping[str, Any]], Rendered]:
+    """A function rendering one row through the user and system templates (None: not rendered here),
+    returning (prompt, system, error): a failure in either is the row's one-line error, never raised."""
+    parts = [(key, compile_template(source)) for key, source in (("user", user), ("system", system)) if source is not None]
+
+    def render(row: Mapping[str, Any]) -> Rendered:
+        out: dict[str, str | None] = {"user": None, "system": None}
+        for key, template in parts:
+            try:
+                out[key] = template(row)
+            except Exception as exc:  # a row's data broke its template: that row's outcome, not the run's
+                return None, None, f"input.template.{key}: {one_line(exc)}"
+        return out["user"], out["system"], None
+
+    return render

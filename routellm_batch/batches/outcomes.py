@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from routellm_batch.carry import CarriedColumns
 from routellm_batch.config import RunConfig
 from routellm_batch.ledger import Ledger, atomic_output, filesystem_for
 from routellm_batch.providers.base import RequestResult, ResultStatus
@@ -160,7 +161,8 @@ def write_responses(
     target = f"{dir_path}/part-00000.parquet"
     rows = 0
     with atomic_output(fs, target) as out:
-        writer = pq.ParquetWriter(out, with_answer_field(RESPONSES_FILE_SCHEMA, config.output))
+        carried = CarriedColumns.load(config, run_date)  # the user's input.carry columns, by prompt_id
+        writer = pq.ParquetWriter(out, carried.schema(with_answer_field(RESPONSES_FILE_SCHEMA, config.output)))
         for file_batches in published_batches(ledger, outcome_files):  # each file's, then dedupe's copies
             for batch in file_batches:
                 keep = pc.equal(batch.column("final"), True)
@@ -173,7 +175,7 @@ def write_responses(
                 final = batch.filter(keep)
                 if final.num_rows:
                     table = pa.Table.from_batches([final]).select(RESPONSES_FILE_SCHEMA.names).cast(RESPONSES_FILE_SCHEMA)
-                    writer.write_table(with_answer(table, config.output))  # the typed answers (config `output`)
+                    writer.write_table(carried.attach(with_answer(table, config.output)))  # typed answers, carried columns
                     rows += final.num_rows
         writer.close()
         if rows != expected_rows:

@@ -27,9 +27,11 @@ Why an iterator pandas UDF over one string column (not mapInArrow, not predict_b
 Arrow batches hold at most `spark.arrow_batch_size` rows (spark.sql.execution.arrow.maxRecordsPerBatch);
 each is scored in chunks of `router.batch_size` prompts per model call.
 
-The routing text of a row is its `prompt`, else the content of its LAST user message (RouteLLM routes
-on the user's question; earlier turns and the system prompt are context the router was not trained
-on), else ''.
+The routing text of a row is its `router_text` when the prompts table has one (`router.text`: the
+variable part of a templated prompt, never its constant instructions), else its `prompt`, else the
+content of its LAST user message (RouteLLM routes on the user's question; earlier turns and the system
+prompt are context the router was not trained on), else ''. With `router.view`, only the head and tail
+of a long routing text are scored (routellm_batch.text_view.bounded_view, the same cut in Spark).
 
 Nothing here imports torch or touches CUDA at import time: the device is chosen inside the task, and
 before the first load the worker caps the model's thread pools (OpenMP/MKL/torch, the tokenizers' Rayon
@@ -52,7 +54,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from routellm_batch.config import RouterSpec
+from routellm_batch.carry import ROUTER_TEXT
+from routellm_batch.config import RouterSpec, TextView
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,6 +70,7 @@ __all__ = [
     "ScoredFrame",
     "checkpoint_digest",
     "choose_device",
+    "bounded_view_col",
     "routing_text_col",
     "score_in_batches",
     "score_prompts",
@@ -360,13 +364,27 @@ def score_in_batches(router: Router, texts: Sequence[str], batch_size: int) -> n
 # --- the Spark expression ------------------------------------------------------------------------------
 
 
-def routing_text_col() -> Column:
-    """The text the router scores: `prompt`, else the last user message's content, else ''."""
+def routing_text_col(view: TextView | None = None, router_text: bool = False) -> Column:
+    """The text the router scores: `router_text` (when `router_text`), else `prompt`, else the last user
+    message's content, else ''; cut to `view` when given."""
     from pyspark.sql import functions as F
 
     user_turns = F.filter(F.col("messages"), lambda m: m["role"] == F.lit("user"))
     last_user = F.try_element_at(user_turns, F.lit(-1))["content"]
-    return F.coalesce(F.col("prompt"), last_user, F.lit(""))
+    sources = [F.col(ROUTER_TEXT)] if router_text else []
+    text = F.coalesce(*sources, F.col("prompt"), last_user, F.lit(""))
+    return bounded_view_col(text, view) if view is not None else text
+
+
+def bounded_view_col(text: Column, view: TextView) -> Column:
+    """Spark's twin of text_view.bounded_view (code points, like Python's str; a test pins them equal)."""
+    from pyspark.sql import functions as F
+
+    head, tail = view.head_chars, view.tail_chars
+    cut = F.substring(text, 1, head)
+    if tail:
+        cut = F.concat(cut, F.substring(text, -tail, tail))
+    return F.when(F.length(text) <= F.lit(head + tail), text).otherwise(cut)
 
 
 def _score_udf(shipment: RouterShipment, batch_size: int, loads: Accumulator):
@@ -402,4 +420,5 @@ def score_prompts(df: DataFrame, spec: RouterSpec, spark: SparkSession | None = 
     shipment = ship_router(spark, spec)
     loads = spark.sparkContext.accumulator(0)
     udf = _score_udf(shipment, spec.batch_size, loads)
-    return ScoredFrame(df.withColumn(SCORE_COLUMN, udf(routing_text_col())), shipment, loads)
+    text = routing_text_col(spec.view, ROUTER_TEXT in df.columns)
+    return ScoredFrame(df.withColumn(SCORE_COLUMN, udf(text)), shipment, loads)

@@ -17,6 +17,8 @@ _RUN_DEFAULTS = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    # Not the legacy INT96: carried timestamp columns then keep their type when pyarrow rewrites them (responses).
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
 }
 # Only for a session this factory starts itself (not under spark-submit, whose sizing is the submitter's).
 _LOCAL_DEFAULTS = {

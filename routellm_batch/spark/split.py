@@ -52,6 +52,8 @@ __all__ = [
     "rank_key_col",
     "routed_frames",
     "select_top",
+    "shared_system_adjacent",
+    "system_may_vary",
 ]
 
 SCORE_BITS = 24  # score quantised to 2^-24 (float32 resolution at 0.5..1)
@@ -327,7 +329,7 @@ def routed_frames(scored: DataFrame, decision: SplitDecision, config: RunConfig)
     from pyspark.sql import functions as F
 
     if decision.policy == "threshold":
-        return [assign_queues(scored, decision, config)]
+        return [shared_system_adjacent(assign_queues(scored, decision, config), config)]
     frames = []
     for queue, spec in (("strong", config.strong), ("weak", config.weak)):
         if decision.cutoff_key is None:
@@ -335,13 +337,37 @@ def routed_frames(scored: DataFrame, decision: SplitDecision, config: RunConfig)
         else:
             strong = F.col(RANK_KEY) >= F.lit(decision.cutoff_key)
             rows = scored.where(strong if queue == "strong" else ~strong)
-        frames.append(
+        frames.append(shared_system_adjacent(
             rows.withColumn("queue", F.lit(queue))
             .withColumn("model", F.lit(spec.model))
             .withColumn("provider", F.lit(spec.provider))
-            .withColumn("threshold", F.lit(decision.threshold).cast("double"))
-        )
+            .withColumn("threshold", F.lit(decision.threshold).cast("double")),
+            config,
+        ))
     return frames
+
+
+def system_may_vary(config: RunConfig) -> bool:
+    """Whether rows can have different system prompts: a system column, or a system template naming one."""
+    from routellm_batch.prompt_templates import template_columns
+
+    template = config.input.template
+    if template is None:
+        return config.input.columns.system is not None
+    return template.system is not None and bool(template_columns(template.system))
+
+
+def shared_system_adjacent(frame: DataFrame, config: RunConfig) -> DataFrame:
+    """Rows sharing a system prompt made adjacent in each written file: submit streams a queue's rows in
+    file order into its batches, so requests sharing the long constant prefix sit together and the
+    provider's prompt cache hits. A sort within each task (no shuffle; by the queue first, as the
+    partitioned write wants, then a hash of the system prompt, then prompt_id: the same order on a
+    re-run), and only when the system prompt can vary: a constant one is shared by every row anyway."""
+    from pyspark.sql import functions as F
+
+    if not system_may_vary(config):
+        return frame
+    return frame.sortWithinPartitions("queue", F.xxhash64("system"), "prompt_id")
 
 
 def queue_totals(routed: DataFrame) -> QueueTotals:

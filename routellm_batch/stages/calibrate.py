@@ -43,7 +43,7 @@ class Calibration:
 
 
 def _input_frame(spark: SparkSession, config: RunConfig, run_date: date | None) -> tuple[DataFrame, str]:
-    """The raw input mapped to prompt_id / prompt / messages (what the router needs, nothing else)."""
+    """The raw input mapped to prompt_id / prompt / messages (+ router_text): what the router needs, nothing else."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -54,7 +54,7 @@ def _input_frame(spark: SparkSession, config: RunConfig, run_date: date | None) 
         uri = config.input.uri_for(run_date)
     cols = config.input.columns
     df = spark.read.options(**config.input.options).format(config.input.format).load(uri)
-    needed = [c for c in (cols.prompt_id, cols.prompt, cols.messages) if c]
+    needed = [c for c in (cols.prompt_id, cols.prompt, cols.messages, config.router.text) if c]
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise ConfigError(f"input {uri}: no column(s) {missing} (input.columns); found {df.columns}")
@@ -67,7 +67,8 @@ def _input_frame(spark: SparkSession, config: RunConfig, run_date: date | None) 
     else:
         messages = F.lit(None).cast(T.ArrayType(message))
         prompt = df[cols.prompt].cast("string")
-    return df.select(df[cols.prompt_id].cast("string").alias("prompt_id"), prompt.alias("prompt"), messages.alias("messages")), uri
+    routed_on = [df[config.router.text].cast("string").alias("router_text")] if config.router.text else []
+    return df.select(df[cols.prompt_id].cast("string").alias("prompt_id"), prompt.alias("prompt"), messages.alias("messages"), *routed_on), uri
 
 
 def calibrate(
@@ -82,6 +83,7 @@ def calibrate(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    from routellm_batch.carry import ROUTER_TEXT
     from routellm_batch.spark.scoring import routing_text_col, score_prompts
     from routellm_batch.spark.session import get_spark
     from routellm_batch.spark.split import RANK_KEY, rank_key_col, select_top
@@ -93,6 +95,8 @@ def calibrate(
         raise ConfigError(f"--strong-fraction must be in (0, 1), got {strong_fraction}")
     spark = spark or get_spark(config.spark, app_name=f"{config.job_name}:calibrate")
     use_arrow_batch_size(spark, config)
+    if config.input.template is not None and not from_prompts:
+        raise ConfigError("calibrate: the input's prompts are rendered from input.template by validate; pass --from-prompts")
     if from_prompts:
         if run_date is None:
             raise ConfigError("--from-prompts needs --run-date")
@@ -100,8 +104,9 @@ def calibrate(
     else:
         frame, source = _input_frame(spark, config, run_date)
     # A deterministic, uniform sample: the `sample` rows with the smallest hash of the id (top-k, no full sort).
-    picked = frame.where(F.length(routing_text_col()) > 0).orderBy(F.xxhash64("prompt_id"), "prompt_id").limit(sample)
-    scored = score_prompts(picked.select("prompt_id", "prompt", "messages"), config.router, spark)
+    text = routing_text_col(config.router.view, ROUTER_TEXT in frame.columns)
+    picked = frame.where(F.length(text) > 0).orderBy(F.xxhash64("prompt_id"), "prompt_id").limit(sample)
+    scored = score_prompts(picked.select("prompt_id", "prompt", "messages", *(set(frame.columns) & {ROUTER_TEXT})), config.router, spark)
     ranked = (
         scored.df.select("prompt_id", "strong_win_prob", F.lit(0).cast("long").alias("est_input_tokens"))
         .withColumn(RANK_KEY, rank_key_col())

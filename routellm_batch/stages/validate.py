@@ -1,17 +1,25 @@
 """Stage 1, validate: input table -> `prompts` (valid rows) + `quarantine` (every other row, with a reason).
 
 Nothing is dropped: each input row lands in exactly one of the two tables. Row checks, first match wins:
-malformed_record, missing_prompt_id, wrong_type, missing_prompt, empty_prompt, prompt_too_long, and
-last duplicate_prompt_id among the rows that passed every other check (the first by a deterministic
-order stays valid: source file path, then position in the file for Parquet, then the record's text).
+malformed_record, missing_prompt_id, wrong_type, (with input.template) null_template_value and
+template_error, missing_prompt, empty_prompt, prompt_too_long, and last duplicate_prompt_id among the
+rows that passed every other check (the first by a deterministic order stays valid: source file path,
+then position in the file for Parquet, then the record's text).
+
+With `input.template`, the prompt and system texts are rendered in Spark from the columns the templates
+name (routellm_batch.spark.templates); columns.prompt / columns.system are not read. Every column the
+config names (template, input.carry, router.text) must exist in the input, checked before any work.
+The carried columns keep their input types in the prompts table; JSON input gets them from Spark's JSON
+schema inference (one extra pass over the input; a field whose records disagree reads as a string).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from routellm_batch.config import ConfigError, RunConfig, load_config
 from routellm_batch.stages import add_run_arguments
@@ -64,8 +72,13 @@ class ValidateSummary:
 def _read_json(spark: SparkSession, config: RunConfig, run_date: date) -> DataFrame:
     """JSON Lines read as text and parsed to VARIANT, so each row's real JSON types can be checked."""
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     cols = config.input.columns
+    types = None
+    if _named_columns(config):
+        types = _json_field_types(spark, config, run_date)
+        _require_columns(list(types), config, optional_too=False)
     raw = spark.read.options(**config.input.options).text(config.input.uri_for(run_date))
     df = raw.select(
         F.col("value").alias("raw_record"),
@@ -84,6 +97,10 @@ def _read_json(spark: SparkSession, config: RunConfig, run_date: date) -> DataFr
     def present(name: str) -> Column:
         return F.expr(f"variant_get(_v, '$.{_json_path(name)}')").isNotNull() & (field_type(name) != "VOID")
 
+    def typed(name: str) -> Column:
+        ddl = "string" if isinstance(types[name], T.NullType) else types[name].simpleString()
+        return F.expr(f"try_variant_get(_v, '$.{_json_path(name)}', '{ddl}')")
+
     out = df.select(
         "raw_record",
         "source_file",
@@ -91,8 +108,16 @@ def _read_json(spark: SparkSession, config: RunConfig, run_date: date) -> DataFr
         malformed.alias("_malformed"),
         F.when(present(cols.prompt_id), as_text(cols.prompt_id)).alias("prompt_id"),
         *_json_prompt_columns(config, field_type, present, as_text),
+        *(_named_values(config, typed) if types is not None else []),
     )
-    return out
+    return _with_template(out, config)
+
+
+def _json_field_types(spark: SparkSession, config: RunConfig, run_date: date) -> dict[str, Any]:
+    """The types of JSON input fields, by Spark's own JSON schema inference: one pass over the input;
+    a field whose records disagree is widened (to string at worst), so every record reads as one type."""
+    inferred = spark.read.options(**config.input.options).json(config.input.uri_for(run_date)).schema
+    return {f.name: f.dataType for f in inferred}
 
 
 def _json_path(name: str) -> str:
@@ -105,9 +130,12 @@ def _json_prompt_columns(config: RunConfig, field_type, present, as_text) -> lis
     from pyspark.sql import functions as F
 
     cols = config.input.columns
+    templated = config.input.template is not None
     out: list[Column] = []
     type_errors: list[Column] = []
-    if cols.prompt:
+    if templated:  # prompt and system are rendered (_with_template)
+        out.append(F.lit(None).cast(_messages_type()).alias("messages"))
+    elif cols.prompt:
         is_string = field_type(cols.prompt) == "STRING"
         out.append(F.when(is_string, as_text(cols.prompt)).alias("prompt"))
         out.append(F.lit(None).cast(_messages_type()).alias("messages"))
@@ -119,11 +147,11 @@ def _json_prompt_columns(config: RunConfig, field_type, present, as_text) -> lis
         type_errors.append(
             F.when(present(cols.messages) & parsed.isNull(), F.lit(f"{cols.messages} is not a list of {{role, content}}"))
         )
-    if cols.system:
+    if cols.system and not templated:
         is_string = field_type(cols.system) == "STRING"
         out.append(F.when(is_string, as_text(cols.system)).alias("system"))
         type_errors.append(F.when(present(cols.system) & ~is_string, F.lit(f"{cols.system} is not a string")))
-    else:
+    elif not templated:
         out.append(F.lit(None).cast("string").alias("system"))
     if cols.max_tokens:
         t = field_type(cols.max_tokens)
@@ -158,8 +186,11 @@ def _read_typed(spark: SparkSession, config: RunConfig, run_date: date) -> DataF
                 f"input column {column!r} ({what}) has type {schema[column].simpleString()}; expected {expected.__name__}"
             )
 
-    must_be(cols.prompt, T.StringType, "prompt")
-    must_be(cols.system, T.StringType, "system")
+    templated = config.input.template is not None
+    if not templated:
+        must_be(cols.prompt, T.StringType, "prompt")
+        must_be(cols.system, T.StringType, "system")
+    must_be(config.router.text, T.StringType, "router.text")
     user_columns = [F.col(f"`{c}`") for c in df.columns]
     position = F.col("_metadata.row_index") if config.input.format == "parquet" else F.lit(None).cast("long")
     type_errors: list[Column] = []
@@ -177,24 +208,65 @@ def _read_typed(spark: SparkSession, config: RunConfig, run_date: date) -> DataF
         type_errors.append(F.when(source.isNotNull() & max_tokens.isNull(), F.lit(f"{cols.max_tokens} is not an integer")))
     else:
         max_tokens = F.lit(None).cast("bigint")
-    if cols.messages:
+    texts: list[Column] = []  # with a template, prompt and system are rendered (_with_template)
+    if cols.messages and not templated:
         messages = _messages_from_typed(df, cols.messages, schema[cols.messages], type_errors)
-        prompt = F.lit(None).cast("string")
+        texts.append(F.lit(None).cast("string").alias("prompt"))
     else:
         messages = F.lit(None).cast(_messages_type())
-        prompt = F.col(f"`{cols.prompt}`")
-    return df.select(
+    if not templated:
+        if not cols.messages:
+            texts.append(F.col(f"`{cols.prompt}`").alias("prompt"))
+        texts.append((F.col(f"`{cols.system}`") if cols.system else F.lit(None).cast("string")).alias("system"))
+    out = df.select(
         F.to_json(F.struct(*user_columns)).alias("raw_record"),
         F.col("_metadata.file_path").alias("source_file"),
         position.alias("_position"),
         F.lit(False).alias("_malformed"),
         F.col(f"`{cols.prompt_id}`").cast("string").alias("prompt_id"),
-        prompt.alias("prompt"),
+        *texts,
         messages.alias("messages"),
-        (F.col(f"`{cols.system}`") if cols.system else F.lit(None).cast("string")).alias("system"),
         max_tokens.alias("max_tokens"),
         F.coalesce(*type_errors, F.lit(None).cast("string")).alias("_type_error"),
+        *_named_values(config, lambda c: F.col(f"`{c}`")),
     )
+    return _with_template(out, config)
+
+
+# --- templates, carried columns, the router's text ------------------------------------------------------
+
+
+def _named_columns(config: RunConfig) -> bool:
+    """Whether the config names input columns beyond the column mapping (template, carry, router.text)."""
+    return bool(config.input.template or config.input.carry or config.router.text)
+
+
+def _named_values(config: RunConfig, value: Callable[[str], Column]) -> list[Column]:
+    """The carried columns (typed, their own names), `router_text`, and the struct of the template's columns."""
+    from pyspark.sql import functions as F
+
+    from routellm_batch.carry import ROUTER_TEXT
+    from routellm_batch.spark.templates import TEMPLATE_VALUES, template_keys
+
+    out = [value(c).alias(c) for c in config.input.carry]
+    if config.router.text:
+        out.append(value(config.router.text).cast("string").alias(ROUTER_TEXT))
+    if config.input.template is not None and (keys := template_keys(config.input.template)):
+        out.append(F.struct(*(value(c).alias(c) for c in keys)).alias(TEMPLATE_VALUES))
+    return out
+
+
+def _with_template(df: DataFrame, config: RunConfig) -> DataFrame:
+    """Render the template into `prompt` and `system` (routellm_batch.spark.templates)."""
+    from routellm_batch.spark.templates import ConstantTemplateError, apply_template, template_keys
+
+    template = config.input.template
+    if template is None:
+        return df
+    try:
+        return apply_template(df, template, template_keys(template))
+    except ConstantTemplateError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _messages_from_typed(df: DataFrame, column: str, dtype, type_errors: list[Column]) -> Column:
@@ -226,11 +298,18 @@ def _messages_ddl() -> str:
 
 
 def _require_columns(present: list[str], config: RunConfig, optional_too: bool = True) -> None:
+    from routellm_batch.spark.templates import template_keys
+
     cols = config.input.columns
-    wanted = {"prompt_id": cols.prompt_id, "prompt": cols.prompt, "messages": cols.messages}
-    if optional_too:
-        wanted |= {"system": cols.system, "max_tokens": cols.max_tokens}
-    missing = [f"{column!r} (input.columns.{role})" for role, column in wanted.items() if column and column not in present]
+    template = config.input.template
+    if template is None:
+        roles = ["prompt_id", "prompt", "messages", *(("system", "max_tokens") if optional_too else ())]
+    else:  # prompt and system are rendered, not read
+        roles = ["prompt_id", *(("max_tokens",) if optional_too else ())]
+    wanted = [(getattr(cols, role), f"input.columns.{role}") for role in roles]
+    wanted += list(template_keys(template).items()) if template else []
+    wanted += [(c, "input.carry") for c in config.input.carry] + [(config.router.text, "router.text")]
+    missing = [f"{column!r} ({key})" for column, key in wanted if column and column not in present]
     if missing:
         raise InputError(
             f"input table {config.input.uri} lacks required column(s) {', '.join(missing)}; "
@@ -273,6 +352,7 @@ def classify(df: DataFrame, config: RunConfig) -> DataFrame:
         (F.col("_type_error").isNotNull(), "wrong_type", F.col("_type_error")),
         (bad_message, "wrong_type", F.lit(f"messages need a role in {list(_ROLES)} and string content")),
         (F.col("max_tokens") < 1, "wrong_type", F.lit("max_tokens must be a positive integer")),
+        *_template_rules(df),
         (F.col("prompt").isNull() & F.col("messages").isNull(), "missing_prompt", F.lit("prompt is missing")),
         (F.trim(text) == "", "empty_prompt", F.lit("prompt is empty")),
         (F.length(text) > limit, "prompt_too_long", F.format_string(f"prompt has %d characters; limit {limit}", F.length(text))),
@@ -299,6 +379,18 @@ def classify(df: DataFrame, config: RunConfig) -> DataFrame:
         .withColumn("reason", F.when(F.col("_rank") > 1, F.lit("duplicate_prompt_id")).otherwise(F.col("reason")))
         .drop("_rank", "_first_file")
     )
+
+
+def _template_rules(df: DataFrame) -> list[tuple[Column, str, Column]]:
+    """With a template: a named column null in the row, then a render that failed (routellm_batch.spark.templates)."""
+    from pyspark.sql import functions as F
+
+    if "_template_error" not in df.columns:
+        return []
+    return [
+        (F.col("_null_template").isNotNull(), "null_template_value", F.col("_null_template")),
+        (F.col("_template_error").isNotNull(), "template_error", F.col("_template_error")),
+    ]
 
 
 def input_suite(config: RunConfig):
@@ -335,10 +427,10 @@ def execute(config: RunConfig, run_date: date, spark: SparkSession | None = None
     run_id = config.run_id(run_date)
     if config.input.format == "json":
         candidates = _read_json(spark, config, run_date)
-        _check_json_columns(spark, config, candidates)
+        if not _named_columns(config):  # else the columns were checked against the inferred schema
+            _check_json_columns(spark, config, candidates)
     else:
         candidates = _read_typed(spark, config, run_date)
-    input_report = run_suite(candidates.select("prompt_id", "prompt", "messages"), input_suite(config))
 
     classified = (
         classify(candidates, config)
@@ -347,6 +439,8 @@ def execute(config: RunConfig, run_date: date, spark: SparkSession | None = None
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     try:
+        # On the kept rows: a template is rendered once, not again for the input's report.
+        input_report = run_suite(classified.select("prompt_id", "prompt", "messages"), input_suite(config))
         counts = {r["reason"]: r["count"] for r in classified.groupBy("reason").count().collect()}
         valid = counts.pop(None, 0)
         summary = ValidateSummary(run_id, valid + sum(counts.values()), valid, sum(counts.values()), counts)
