@@ -14,6 +14,9 @@ the oracle. Cells are the mean APGR over the draws (and its spread, min-max, wit
 The shipped router was trained on all of these prompts (routers/default/NOTICE): its figures here are
 in-sample, so optimistic; the learned routers' are out-of-fold. APGR is undefined (n/a) where the strong
 model is not better than the weak one on the drawn prompts (the oracle leaves no room).
+Every column, baselines and the shipped router included, is ranked within the outer folds before its
+curve is drawn (evaluation.within_fold_ranks): one model scores each fold, so fold models' offsets must
+not rank folds against each other; random and length are unchanged by that in expectation.
 
 Data: --data-root, else $ROUTELLM_BATCH_DATA, else shared/data beside the checkout.
 Prints the table (Markdown) and writes it, with every draw, under --out.
@@ -35,8 +38,10 @@ from routellm_batch.evaluation import (
     apgr,
     baseline_scores,
     evaluation_embedder,
+    fold_ids,
     mean_curve,
     routing_curve,
+    within_fold_ranks,
 )
 from routellm_batch.routers import data as D
 from routellm_batch.routers.checkpoint import load_default_router
@@ -62,14 +67,15 @@ def workloads(root: Path) -> dict[str, PairedOutcomes]:
     return out
 
 
-def _apgr(scores: list[np.ndarray], outcomes: PairedOutcomes) -> float:
-    return apgr(mean_curve([routing_curve(s, outcomes) for s in scores]))
-
-
 def measure(outcomes: PairedOutcomes, families: list[str], folds: int, seed: int, embedders: dict) -> dict[str, float]:
     row: dict[str, float] = {}
     if not outcomes.strong.mean() > outcomes.weak.mean():
         return row  # no gap to recover: APGR undefined
+    ids = fold_ids(outcomes.prompts, folds, seed)  # the outer folds of nested_out_of_fold_scores
+
+    def _apgr(scores: list[np.ndarray], outcomes: PairedOutcomes) -> float:
+        return apgr(mean_curve([routing_curve(within_fold_ranks(s, ids), outcomes) for s in scores]))
+
     row["learned"] = _apgr([nested_out_of_fold_scores(outcomes, families, folds, 3, seed, embedders)[0]], outcomes)
     if len(families) > 1:
         for kind in families:

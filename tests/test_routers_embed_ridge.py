@@ -83,7 +83,7 @@ def test_embed_ridge_trains_through_the_train_command_and_round_trips(tmp_path):
     np.testing.assert_allclose(scores, fitted.score(list(test.prompts)), atol=2e-2)
 
 
-@pytest.mark.parametrize("learner", ["knn", "task", "constant"])
+@pytest.mark.parametrize("learner", ["knn", "task", "words", "constant"])
 def test_embed_ridge_each_learner_round_trips_through_a_checkpoint(tmp_path, learner):
     outcomes, _ = workload(120, seed=7, planted=True)
     router = EmbedRidgeRouter.fit(training_battles(outcomes), strong_model=STRONG, weak_model=WEAK,
@@ -110,3 +110,14 @@ def test_embed_ridge_refuses_unknown_options_and_learners():
         EmbedRidgeRouter.fit(training_battles(outcomes), strong_model=STRONG, weak_model=WEAK, alpha=3)
     with pytest.raises(ValueError, match="unknown learner"):
         EmbedRidgeRouter.fit(training_battles(outcomes), strong_model=STRONG, weak_model=WEAK, learners=["svm"])
+
+
+def test_embed_ridge_words_learner_picks_up_a_keyword_rule_and_scores_unseen_words():
+    outcomes, _ = workload(200, seed=9, planted=True)
+    router = EmbedRidgeRouter.fit(training_battles(outcomes), strong_model=STRONG, weak_model=WEAK,
+                                  learners=["words"])
+    assert router.metadata["learner"] == "words"
+    hard, easy, unseen = router.score(["Is the following statement about isotope and enzyme true?",
+                                       "Is the following statement about bread and music true?",
+                                       "Quelle heure est-il, zyxwv?"])
+    assert hard > easy + 0.2 and 0.0 <= unseen <= 1.0

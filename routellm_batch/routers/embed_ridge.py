@@ -10,6 +10,9 @@ Candidate learners, each with its hyperparameter grid:
 - `task`: ridge on TASK_FEATURES, statistics suited to short classification and yes/no prompts
   (answer options, question words, negation, blanks, numbers, code) rather than to math word problems.
 - `both`: ridge on the embedding with the task features appended (scaled to the embedding's variance).
+- `words`: ridge on hashed TF-IDF of word unigrams and bigrams (routers.word_hashing), solved in its
+  dual form (a Gram matrix of the training prompts), stored as coefficients of the columns seen in
+  training. It needs no embedding at scoring time.
 - `knn`: mean gain of the k training prompts nearest by cosine similarity.
 - `constant`: every prompt scored 0.5, alike, which routes like random (APGR 0.5). Not the mean gain:
   out-of-fold, a constant that follows each fold's training mean would rank whole held-out folds
@@ -39,15 +42,16 @@ import pandas as pd
 from routellm_batch.routers.base import Router, read_checkpoint_config
 from routellm_batch.routers.embedders import Embedder, build_embedder
 from routellm_batch.routers.stacked import _knn_means, _unit, battle_gains
+from routellm_batch.routers.word_hashing import HashedTfidf, hashed_counts
 
 __all__ = ["LEARNERS", "TASK_FEATURES", "EmbedRidgeRouter", "task_features"]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the `words` learner (version 1 checkpoints load unchanged)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-LEARNERS = ("constant", "embedding", "task", "both", "knn")
+LEARNERS = ("constant", "embedding", "task", "both", "knn", "words")
 #: Grids fixed a priori; the choice inside them is made by inner CV on the training prompts only.
 RIDGE_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1_000.0)
 KNN_GRID = (10, 25, 50, 100, 200)
@@ -103,6 +107,26 @@ def _ridge_paths(X: np.ndarray, y: np.ndarray, lams: Sequence[float], X_eval: np
     return np.stack([Z_eval @ (projected / (values + lam)) for lam in lams]) + y.mean()
 
 
+def _kernel_ridge_paths(K: np.ndarray, y: np.ndarray, lams: Sequence[float], K_eval: np.ndarray) -> np.ndarray:
+    """(len(lams), len(K_eval)): `_ridge_paths` from the Gram matrices K = X X^T and K_eval = X_eval X^T."""
+    return _kernel_dual(K, y, lams, K_eval)[0]
+
+
+def _kernel_dual(K: np.ndarray, y: np.ndarray, lams: Sequence[float],
+                 K_eval: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Centered kernel ridge (intercept unpenalized): predictions for K_eval and, per lambda, the dual
+    weights alpha with which coef = (X - mean)^T alpha."""
+    row_mean = K.mean(axis=0)
+    Kc = K - row_mean[None, :] - row_mean[:, None] + row_mean.mean()
+    values, vectors = np.linalg.eigh(Kc)
+    projected = vectors.T @ (y - y.mean())
+    alphas = [vectors @ (projected / (np.maximum(values, 0.0) + lam)) for lam in lams]
+    if K_eval is None:
+        return np.empty((len(lams), 0)), alphas
+    K_eval_c = K_eval - K_eval.mean(axis=1, keepdims=True) - row_mean[None, :] + row_mean.mean()
+    return np.stack([K_eval_c @ a for a in alphas]) + y.mean(), alphas
+
+
 def _ridge_coef(X: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, float]:
     """(mean, coef, intercept) of the centered ridge fit: predict = (X - mean) @ coef + intercept."""
     mean = X.mean(axis=0)
@@ -153,6 +177,7 @@ class EmbedRidgeRouter(Router):
         knn_unit: np.ndarray | None = None,
         knn_gain: np.ndarray | None = None,
         knn_k: int = 0,
+        words: HashedTfidf | None = None,
         strong_model: str | None = None,
         weak_model: str | None = None,
         batch_size: int = 8192,
@@ -167,6 +192,7 @@ class EmbedRidgeRouter(Router):
         self.knn_unit = None if knn_unit is None else np.asarray(knn_unit, dtype=np.float32)
         self.knn_gain = None if knn_gain is None else np.asarray(knn_gain, dtype=np.float64)
         self.knn_k = int(knn_k)
+        self.words = words
         self.strong_model = strong_model
         self.weak_model = weak_model
         self.batch_size = int(batch_size)
@@ -175,6 +201,9 @@ class EmbedRidgeRouter(Router):
     def _predict_chunk(self, prompts: list[str]) -> np.ndarray:
         if self.learner == "constant":
             return np.zeros(len(prompts))
+        if self.learner == "words":
+            X = self.words.transform(hashed_counts(prompts))[:, self.words.index]
+            return X @ self.coef + self.intercept
         E = _unit(np.asarray(self.embedder.embed(prompts), dtype=np.float64))
         if self.learner == "knn":
             return _knn_means(self.knn_unit, self.knn_gain, E.astype(np.float32), [self.knn_k])[:, 0]
@@ -232,9 +261,14 @@ class EmbedRidgeRouter(Router):
             )
         F = task_features(prompts)
         E = _unit(np.asarray(embedder.embed(prompts), dtype=np.float64))
+        if "words" in learners:
+            words = HashedTfidf.fit(counts := hashed_counts(prompts))
+            W = words.transform(counts)
+            K_words = (W @ W.T).toarray()
         E32 = E.astype(np.float32)
         candidates = [("constant", 0.0)]
-        candidates += [(name, lam) for name in ("embedding", "task", "both") if name in learners for lam in RIDGE_GRID]
+        candidates += [(name, lam) for name in ("embedding", "task", "both", "words") if name in learners
+                       for lam in RIDGE_GRID]
         smallest_train = len(y) - int(np.ceil(len(y) / inner_folds))
         if "knn" in learners:
             candidates += [("knn", k) for k in sorted({min(k, smallest_train) for k in KNN_GRID})]
@@ -249,6 +283,9 @@ class EmbedRidgeRouter(Router):
                 for name in ("embedding", "task", "both"):
                     if name in learners:
                         preds[name] = _ridge_paths(X_tr[name], y[tr], RIDGE_GRID, X_va[name])
+                if "words" in learners:
+                    preds["words"] = _kernel_ridge_paths(K_words[np.ix_(tr, tr)], y[tr], RIDGE_GRID,
+                                                         K_words[np.ix_(va, tr)])
                 if "knn" in learners:
                     ks = [int(v) for n, v in candidates if n == "knn"]
                     preds["knn"] = _knn_means(E32[tr], y[tr], E32[va], ks).T
@@ -278,6 +315,12 @@ class EmbedRidgeRouter(Router):
         if learner == "knn":
             return cls(mean=None, coef=None, intercept=float(y.mean()), knn_unit=E32, knn_gain=y, knn_k=int(value),
                        **common)
+        if learner == "words":
+            alpha = _kernel_dual(K_words, y, [float(value)])[1][0]
+            seen = W[:, words.index]
+            column_mean = np.asarray(seen.mean(axis=0)).ravel()
+            coef = seen.T @ alpha - column_mean * alpha.sum()  # (X - mean)^T alpha on the seen columns
+            return cls(mean=None, coef=coef, intercept=float(y.mean() - column_mean @ coef), words=words, **common)
         mean, coef, intercept = _ridge_coef(inputs.build(F, E)[learner], y, float(value))
         return cls(mean=mean, coef=coef, intercept=intercept, **common)
 
@@ -289,7 +332,11 @@ class EmbedRidgeRouter(Router):
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {"feature_mean": self.inputs.feature_mean, "feature_scale": self.inputs.feature_scale}
         if self.coef is not None:
-            tensors.update(mean=self.mean, coef=self.coef)
+            tensors.update(coef=self.coef)
+        if self.mean is not None:
+            tensors.update(mean=self.mean)
+        if self.words is not None:
+            tensors.update(words_index=self.words.index, words_idf=self.words.idf_seen)
         if self.knn_unit is not None:
             tensors.update(knn_unit=self.knn_unit.astype(np.float16), knn_gain=self.knn_gain.astype(np.float32))
         config = {
@@ -301,6 +348,7 @@ class EmbedRidgeRouter(Router):
             "learner": self.learner,
             "intercept": self.intercept,
             "knn_k": self.knn_k,
+            "words_docs": None if self.words is None else self.words.n_docs,
             "embedder": self.embedder.save_files(directory),
             "metadata": self.metadata,
         }
@@ -317,7 +365,10 @@ class EmbedRidgeRouter(Router):
             raise ValueError(f"{directory}: trained on task features {config.get('task_features')}, "
                              f"this code computes {list(TASK_FEATURES)}")
         t = load_file(str(directory / WEIGHTS_FILE))
-        as64 = {k: v.astype(np.float64) for k, v in t.items() if k != "knn_unit"}
+        as64 = {k: v.astype(np.float64) for k, v in t.items() if k not in ("knn_unit", "words_index")}
+        words = None
+        if "words_index" in t:
+            words = HashedTfidf(t["words_index"], as64["words_idf"], config["words_docs"])
         return cls(
             embedder=build_embedder(config["embedder"], device=device, base_dir=directory),
             learner=config["learner"],
@@ -328,6 +379,7 @@ class EmbedRidgeRouter(Router):
             knn_unit=t.get("knn_unit"),
             knn_gain=as64.get("knn_gain"),
             knn_k=config["knn_k"],
+            words=words,
             strong_model=config.get("strong_model"),
             weak_model=config.get("weak_model"),
             metadata=config.get("metadata"),
