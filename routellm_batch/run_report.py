@@ -568,6 +568,11 @@ def _headline(tables: _RunTables, quality: _Quality | None) -> list[dict[str, st
             online = Decimal(total["baseline_online_usd"])
             cards.append({"label": "vs all-strong online", "value": _usd(online),
                           "note": f"saved {_pct(online - cost, online)}"})
+        if "dedupe_requests" in total and total["dedupe_requests"] + total["cache_requests"]:
+            avoided = Decimal(total["dedupe_avoided_usd"]) + Decimal(total["cache_avoided_usd"])
+            cards.append({"label": "served without a request", "value": f"{total['dedupe_requests'] + total['cache_requests']:,}",
+                          "note": f"{total['dedupe_requests']:,} by dedupe, {total['cache_requests']:,} from the answer "
+                                  f"cache; {_usd(avoided)} avoided"})  # fmt: skip
     if quality is not None and quality.figures.prompts:
         f = quality.figures
         cards.append({"label": "accuracy (routed)", "value": f"{f.accuracy_routed:.1%}",

@@ -66,7 +66,9 @@ def routed_row(cfg: RunConfig, queue: str, prompt_id: str, prompt: str | None = 
     row = {
         "run_id": cfg.run_id(RUN_DATE),
         "prompt_id": prompt_id,
-        "prompt": prompt if prompt is not None else f"What is {len(prompt_id)} plus {sum(map(ord, prompt_id)) % 97}?",
+        # Distinct per prompt_id (ids with the same characters would otherwise ask the same thing, and dedupe
+        # would send them once): tests that want identical requests pass the prompt.
+        "prompt": prompt if prompt is not None else f"What is {len(prompt_id)} plus {sum(map(ord, prompt_id)) % 97}? ({prompt_id})",
         "messages": None,
         "system": None,
         "max_tokens": None,
@@ -163,12 +165,18 @@ def check_invariants(
         sent.update(scheme[cid] for cid in b.custom_ids)
     twice = {k: n for k, n in sent.items() if n > 1}
     assert not twice, f"requests sent in more than one batch (a shard created twice): {dict(list(twice.items())[:5])}"
-    # Every succeeded row was billed exactly once, under the custom_id the scheme gives its attempt.
+    # Every succeeded row was billed exactly once, under the custom_id the scheme gives its attempt; a row
+    # served by dedupe carries a billed row's custom_id, one served from the answer cache none billed.
     status = responses.column("status").to_pylist()
+    served_by = responses.column("served_by").to_pylist()
     rows = zip(ids, status, responses.column("custom_id").to_pylist(), responses.column("provider").to_pylist(),
-               responses.column("attempt").to_pylist())  # fmt: skip
-    for pid, s, cid, provider, attempt in rows:
-        if s == "succeeded":
+               responses.column("attempt").to_pylist(), served_by)  # fmt: skip
+    for pid, s, cid, provider, attempt, served in rows:
+        if served == "dedupe":
+            assert scheme.get(cid, (pid, 0))[0] != pid, f"dedupe row {pid} carries its own custom_id {cid}"
+        elif served == "cache":
+            assert billed.get((provider, cid)) is None, f"cache row {pid} was billed"
+        elif s == "succeeded":
             assert scheme.get(cid) == (pid, attempt), f"row {pid} attempt {attempt} carries custom_id {cid}"
             assert billed.get((provider, cid)) == 1, f"succeeded row {cid} billed {billed.get((provider, cid))} times"
     return {

@@ -74,7 +74,7 @@ def responses(cfg: RunConfig, rows: list[dict[str, Any]]) -> pa.Table:
         row = dict.fromkeys(schema.names)
         row |= {
             "run_id": cfg.run_id(RUN_DATE), "prompt_id": f"p{i:07d}", "custom_id": f"c{i:07d}",
-            "status": "succeeded", "attempt": 1, "run_date": RUN_DATE.isoformat(),
+            "status": "succeeded", "attempt": 1, "served_by": "batch", "run_date": RUN_DATE.isoformat(),
         }
         row |= {"provider": provider_of(r["model"])} | r
         full.append(row)

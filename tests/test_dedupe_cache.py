@@ -130,6 +130,8 @@ def test_identical_requests_are_sent_once_and_every_row_gets_the_answer_billed_o
     assert "served without a request: 3 row(s) by dedupe" in summary.render()
     stored = pq.read_table(Path(summary.uri) / "part-00000.parquet").to_pylist()
     assert [r["dedupe_avoided_usd"] for r in stored] == [r["dedupe_avoided_usd"] for r in summary.rows]
+    html = (tmp_path / "report" / f"run_date={NIGHT1.isoformat()}" / "index.html").read_text()
+    assert "served without a request" in html and "3 by dedupe, 0 from the answer cache" in html
     # A re-run sends nothing again (the duplicates were recorded with the plan).
     before = len(srv.batches())
     s2 = submit.execute(cfg, NIGHT1, provider_options=FAST)
