@@ -38,6 +38,7 @@ def _derived(config: RunConfig, suffix: str, folder: str, **update: Any) -> RunC
         "output_root": f"{config.output_root.rstrip('/')}/audit_runs/{folder}",
         "cascade": None,
         "audit": None,
+        "input": config.input.model_copy(update={"carry": []}),  # its routed table holds no carried columns
         **update,
     })
 

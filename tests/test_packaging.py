@@ -27,6 +27,9 @@ LIGHT_MODULES = [
     "routellm_batch.sandbox.server",
     "routellm_batch._extras",
     "routellm_batch.lease",
+    "routellm_batch.carry",
+    "routellm_batch.prompt_templates",
+    "routellm_batch.text_view",
     # The stages the Airflow DAG's light tasks and its trigger run in the worker / triggerer.
     "routellm_batch.stages.submit",
     "routellm_batch.stages.wait",

@@ -27,7 +27,7 @@ CARRY = ["review_key", "shop_id", "price", "day", "ts", "tags", "meta"]
 LANGS = ("en", "fr", "ja")
 
 
-def review_rows(n: int = 18) -> list[dict[str, Any]]:
+def review_rows(n: int) -> list[dict[str, Any]]:
     """Reviews in unicode of growing length, languages interleaved (so rows sharing a system prompt start apart)."""
     rows = []
     for i in range(n):
@@ -85,45 +85,38 @@ def test_a_row_renders_unicode_and_a_broken_row_gives_one_line_not_an_exception(
     assert error.startswith("input.template.user: ") and "\n" not in error
 
 
-@pytest.mark.parametrize("head,tail", [(20, 10), (0, 7), (5, 0), (3, 3)])
-def test_the_view_is_the_same_in_spark_and_python(spark, head, tail):
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"columns": {"prompt_id": "id", "system": "sys"}}, "columns.system not read when a template is set"),
+        ({"carry": ["review_key", "Prompt_ID"]}, "['Prompt_ID'] are the product's own column names"),
+        ({"carry": ["_id"]}, "['_id'] are the product's own column names (or start with '_')"),
+        ({"carry": ["key", "KEY"]}, "a column is named twice"),
+    ],
+)
+def test_a_config_that_would_ignore_or_clash_with_a_column_fails_at_load(tmp_path, change, message):
+    from routellm_batch.config import ConfigError
+
+    raw = config_dict(tmp_path, tmp_path / "in")
+    raw["input"] |= change
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert message in str(err.value)
+
+
+def test_the_view_is_the_same_in_spark_and_python(spark):
     from routellm_batch.spark.scoring import bounded_view_col
 
+    views = [(20, 10), (0, 7), (5, 0), (3, 3)]
     texts = ["", "short", "x" * 30, "y" * 31, "とても良いケトルです。☕ " * 7, "é" * 5 + "😀" * 40 + "ß" * 9]
     df = spark.createDataFrame([(t,) for t in texts], "t string")
-    got = [r[0] for r in df.select(bounded_view_col(df["t"], TextView(head_chars=head, tail_chars=tail))).collect()]
-    assert got == [bounded_view(t, head, tail) for t in texts]
-    assert all(len(v) <= head + tail for v in got)
+    cut = [bounded_view_col(df["t"], TextView(head_chars=h, tail_chars=t)) for h, t in views]
+    got = [tuple(r) for r in df.select(*cut).collect()]
+    assert got == [tuple(bounded_view(text, h, t) for h, t in views) for text in texts]
+    assert got[5] != (texts[5],) * len(views)  # the long texts were cut
 
 
 # --- validate ------------------------------------------------------------------------------------------
-
-
-def test_templates_render_in_spark_bad_rows_are_quarantined_and_carried_columns_keep_their_types(spark, tmp_path):
-    from routellm_batch.spark.tables import read_run_table
-
-    rows = review_rows(6)
-    rows[1]["text"] = None  # a null the template names
-    rows[2]["stars"] = 0  # the template divides by it
-    config = parse_config(config_dict(tmp_path, write_input(tmp_path / "in", rows)))
-
-    summary = execute(config, RUN_DATE, spark)
-
-    assert (summary.valid_rows, summary.reasons) == (4, {"null_template_value": 1, "template_error": 1})
-    quarantine = {r.prompt_id: r for r in read_run_table(spark, config, "quarantine", RUN_DATE).collect()}
-    assert quarantine["r01"].reason == "null_template_value"
-    assert quarantine["r01"].detail == "column 'text' is null; input.template.user names it"
-    assert quarantine["r02"].reason == "template_error"
-    assert quarantine["r02"].detail == "input.template.user: ZeroDivisionError: integer division or modulo by zero"
-    prompts = read_run_table(spark, config, "prompts", RUN_DATE)
-    render = row_renderer(USER, SYSTEM)
-    for r in prompts.collect():
-        source = rows[int(r.prompt_id[1:])]
-        assert (r.prompt, r.system, None) == render(source)  # unicode intact
-        assert r.router_text == source["text"]
-        assert [r[c] for c in CARRY[:4]] == [source[c] for c in CARRY[:4]]
-    source_types = {f.name: f.dataType for f in spark.read.parquet(str(tmp_path / "in")).schema}
-    assert {c: prompts.schema[c].dataType for c in CARRY} == {c: source_types[c] for c in CARRY}
 
 
 def test_a_column_the_config_names_but_the_input_lacks_fails_before_any_work(spark, tmp_path):
@@ -178,7 +171,7 @@ def test_json_input_reads_named_columns_by_spark_inference_and_keeps_the_quarant
 # --- through the run -------------------------------------------------------------------------------------
 
 
-def test_carried_columns_arrive_in_responses_with_their_types_and_the_router_scores_the_text_view(
+def test_a_templated_run_quarantines_bad_rows_scores_the_text_view_and_answers_carry_the_users_columns(
     spark, tmp_path, monkeypatch
 ):
     from routellm_batch.providers.retry import RetryPolicy
@@ -186,11 +179,14 @@ def test_carried_columns_arrive_in_responses_with_their_types_and_the_router_sco
     from routellm_batch.sandbox.faults import Faults
     from routellm_batch.sandbox.responders import SyntheticResponder
     from routellm_batch.sandbox.server import SandboxServer
+    from routellm_batch.spark.tables import read_run_table
     from routellm_batch.stages import collect, submit, wait
     from routellm_batch.stages.split import score_and_split
 
     monkeypatch.setenv("ROUTELLM_TEST_KEY", "sk-test")
-    rows = review_rows(18)
+    rows = review_rows(20)
+    rows[1]["text"] = None  # a null the template names
+    rows[2]["stars"] = 0  # the template divides by it
     uri = write_input(tmp_path / "in", rows)
     fast = {"retry": RetryPolicy(attempts=8, initial_wait=0.01, max_wait=0.2)}
     with SandboxServer(responder=SyntheticResponder(seed=0), faults=Faults(), tick_seconds=0, port=0) as srv:
@@ -199,15 +195,31 @@ def test_carried_columns_arrive_in_responses_with_their_types_and_the_router_sco
         raw["weak"] |= {"base_url": srv.anthropic_base_url, "api_key_env": "ROUTELLM_TEST_KEY"}
         raw["batch"] = {"poll_interval_seconds": 0.05}
         config = parse_config(raw)
-        assert execute(config, RUN_DATE, spark).valid_rows == 18
+        summary = execute(config, RUN_DATE, spark)
         score_and_split(config, RUN_DATE, spark)
         submit.execute(config, RUN_DATE, provider_options=fast)
         wait.execute(config, RUN_DATE, timeout=60, provider_options=fast)
         assert collect.execute(config, RUN_DATE, timeout=60, provider_options=fast).done
 
+    # Validate: a row with a null named column or a failing render is quarantined with its one-line reason.
+    assert (summary.valid_rows, summary.reasons) == (18, {"null_template_value": 1, "template_error": 1})
+    quarantine = {r.prompt_id: r for r in read_run_table(spark, config, "quarantine", RUN_DATE).collect()}
+    assert quarantine["r01"].reason == "null_template_value"
+    assert quarantine["r01"].detail == "column 'text' is null; input.template.user names it"
+    assert quarantine["r02"].reason == "template_error"
+    assert quarantine["r02"].detail == "input.template.user: ZeroDivisionError: integer division or modulo by zero"
+    # The prompts Spark rendered are the templates' own rendering, unicode intact; the router's text beside them.
+    render = row_renderer(USER, SYSTEM)
+    rows = [r for r in rows if r["id"] not in ("r01", "r02")]
+    by_id = {r["id"]: r for r in rows}
+    prompts = read_run_table(spark, config, "prompts", RUN_DATE).collect()
+    assert {r.prompt_id: (r.prompt, r.system, None, r.router_text) for r in prompts} == {
+        i: (*render(r), r["text"]) for i, r in by_id.items()}
+
     # The router scored the review text's head+tail, not the rendered prompt with its instructions.
     routed_dir = tmp_path / "out" / "routed" / f"run_date={RUN_DATE.isoformat()}"
     routed = ds.dataset(routed_dir, format="parquet", partitioning="hive").to_table().to_pylist()
+    assert len(routed) == 18
     expected = LengthRouter().score([bounded_view(r["text"], 20, 10) for r in rows])
     assert {r["prompt_id"]: pytest.approx(r["strong_win_prob"]) for r in routed} == {
         r["id"]: pytest.approx(float(p)) for r, p in zip(rows, expected, strict=True)}
@@ -224,5 +236,5 @@ def test_carried_columns_arrive_in_responses_with_their_types_and_the_router_sco
     assert {c: responses.schema[c].dataType.simpleString() for c in CARRY} == {
         c: source.schema[c].dataType.simpleString() for c in CARRY}
     got = {r.prompt_id: (r.status, *(r[c] for c in CARRY)) for r in responses.collect()}
-    want = {r.id: ("succeeded", *(r[c] for c in CARRY)) for r in source.collect()}
+    want = {r.id: ("succeeded", *(r[c] for c in CARRY)) for r in source.collect() if r.id in by_id}
     assert got == want

@@ -10,6 +10,8 @@
    BEFORE any batch: a re-run reads the plan and never scores or picks again.
 3. Answer the escalated prompts with the strong model through submit / wait / collect as a derived run
    (`<job>-pass2`, output root `<output_root>/pass2`): its ledger resumes, so nothing is paid twice.
+   With `output.on_unparsable: other_model`, every unparsable weak answer is escalated too (outside the
+   cascade's limit), and the stage runs even without a cascade.
 4. Publish: the responses partition keeps one final outcome per routed prompt (an escalated row's is the
    strong answer, `pass` 2, `escalation` 'escalated'; a failed pass-2 request keeps the weak answer,
    `escalation` 'pass2_failed'); the weak answers replaced go to the `superseded` table with their usage.
@@ -33,10 +35,12 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from routellm_batch.config import ConfigError, RunConfig, load_config
+from routellm_batch.carry import CarriedColumns
+from routellm_batch.config import CascadeSettings, ConfigError, RunConfig, load_config
 from routellm_batch.ledger import Ledger, atomic_output, filesystem_for
 from routellm_batch.schemas import arrow_schema
 from routellm_batch.stages import add_run_arguments
+from routellm_batch.structured import with_answer_field
 
 __all__ = ["EscalateSummary", "add_arguments", "execute", "pass2_config", "plan_uri", "run"]
 
@@ -50,6 +54,14 @@ def _file_schema(table: str) -> pa.Schema:
     return pa.schema([f for f in arrow_schema(table) if f.name != "run_date"])
 
 
+def _responses_schema(config: RunConfig) -> pa.Schema:
+    return with_answer_field(_file_schema("responses"), config.output)  # typed answers (config `output`)
+
+
+def _unparsable_to_strong(config: RunConfig) -> bool:
+    return config.output is not None and config.output.on_unparsable == "other_model"
+
+
 def pass2_config(config: RunConfig) -> RunConfig:
     """The derived run answering the escalated prompts: its own job name, output root and ledger."""
     return config.model_copy(update={
@@ -57,6 +69,7 @@ def pass2_config(config: RunConfig) -> RunConfig:
         "output_root": f"{config.output_root.rstrip('/')}/pass2",
         "weak": config.strong,
         "cascade": None,
+        "input": config.input.model_copy(update={"carry": []}),  # _publish joins them back to the final rows
     })
 
 
@@ -136,23 +149,44 @@ def _plan(config: RunConfig, run_date: date) -> pa.Table:
     from routellm_batch.providers.pricing import batch_discount, price_table_for
 
     cascade = config.cascade
-    assert cascade is not None
     responses = _partition(config, "responses", run_date)
     routed = _partition(config, "routed", run_date, "/queue=weak")
     if responses is None:
         raise FileNotFoundError(f"escalate: no responses for {config.run_id(run_date)}; run collect first")
     weak = responses.filter(pc.equal(responses["queue"], "weak")).to_pylist()
     prompts = {r["prompt_id"]: r for r in (routed.to_pylist() if routed is not None else [])}
-    rows = [r for r in weak if r["status"] == "succeeded" and r["prompt_id"] in prompts]
-    scorer = _scorer(config)
-    logprobs = _weak_logprobs(config, run_date) if "logprobs" in scorer.needs else {}
-    items = [WeakAnswer(prompt=_prompt_text(prompts[r["prompt_id"]]), answer=r["response_text"] or "",
-                        logprobs=logprobs.get(r["custom_id"]) if "logprobs" in scorer.needs else None) for r in rows]
-    doubts = [float(d) for d in scorer.score(items)] if items else []
+    eligible = ({"succeeded"} if cascade is not None else set()) | ({"unparsable"} if _unparsable_to_strong(config) else set())
+    rows = [r for r in weak if r["status"] in eligible and r["prompt_id"] in prompts]
+    # An unparsable answer (output.on_unparsable: other_model) is escalated, outside the cascade's limit;
+    # the scorer ranks the succeeded ones.
+    doubts = [1.0] * len(rows)
+    scored = [i for i, r in enumerate(rows) if r["status"] == "succeeded"]
+    if scored:
+        scorer = _scorer(config)
+        logprobs = _weak_logprobs(config, run_date) if "logprobs" in scorer.needs else {}
+        items = [WeakAnswer(prompt=_prompt_text(prompts[rows[i]["prompt_id"]]), answer=rows[i]["response_text"] or "",
+                            logprobs=logprobs.get(rows[i]["custom_id"]) if "logprobs" in scorer.needs else None) for i in scored]
+        for i, doubt in zip(scored, scorer.score(items), strict=True):
+            doubts[i] = float(doubt)
 
     order = sorted(range(len(rows)), key=lambda i: (-doubts[i], _tie(rows[i]["prompt_id"])))
+    picked = {i for i, r in enumerate(rows) if r["status"] == "unparsable"}
+    if cascade is not None:
+        picked |= _within_limit(config, cascade, [i for i in order if i not in picked], rows, prompts, doubts, len(weak))
+    rank = {i: k + 1 for k, i in enumerate(order)}
+    plan = pa.Table.from_pylist(rows, schema=_responses_schema(config))
+    return (plan.append_column("doubt", pa.array(doubts, pa.float64()))
+                .append_column("rank", pa.array([rank[i] for i in range(len(rows))], pa.int64()))
+                .append_column("escalate", pa.array([i in picked for i in range(len(rows))], pa.bool_())))
+
+
+def _within_limit(config: RunConfig, cascade: CascadeSettings, order: list[int], rows: list[dict[str, Any]],
+                  prompts: dict[str, Any], doubts: list[float], weak_rows: int) -> set[int]:
+    """The most doubtful of `order` within the cascade's limit (a share of the weak queue, or pass 2's USD)."""
+    from routellm_batch.providers.pricing import batch_discount, price_table_for
+
     prices, discount = price_table_for(config.pricing), batch_discount(config.pricing)
-    cap = int(cascade.share * len(weak)) if cascade.share is not None else len(rows)
+    cap = int(cascade.share * weak_rows) if cascade.share is not None else len(order)
     budget = Decimal(str(cascade.budget_usd)) if cascade.budget_usd is not None else None
     spent, picked = Decimal(0), set()
     for i in order:
@@ -166,11 +200,7 @@ def _plan(config: RunConfig, run_date: date) -> pa.Table:
                 break
             spent += est
         picked.add(i)
-    rank = {i: k + 1 for k, i in enumerate(order)}
-    plan = pa.Table.from_pylist(rows, schema=_file_schema("responses"))
-    return (plan.append_column("doubt", pa.array(doubts, pa.float64()))
-                .append_column("rank", pa.array([rank[i] for i in range(len(rows))], pa.int64()))
-                .append_column("escalate", pa.array([i in picked for i in range(len(rows))], pa.bool_())))
+    return picked
 
 
 def _routed_pass2(config: RunConfig, p2: RunConfig, run_date: date, ids: list[str]) -> None:
@@ -192,7 +222,7 @@ def _routed_pass2(config: RunConfig, p2: RunConfig, run_date: date, ids: list[st
 
 def _publish(config: RunConfig, run_date: date, plan: pa.Table, pass2: pa.Table | None) -> tuple[int, int, int]:
     """Write the final responses and the superseded answers; returns (escalated, failed, superseded)."""
-    schema = _file_schema("responses")
+    schema = _responses_schema(config)
     responses = _partition(config, "responses", run_date)
     assert responses is not None
     keep = responses.filter(pc.invert(pc.is_in(responses["prompt_id"], value_set=plan["prompt_id"])))
@@ -216,7 +246,7 @@ def _publish(config: RunConfig, run_date: date, plan: pa.Table, pass2: pa.Table 
     rest = [{k: row.get(k) for k in schema.names} | {"pass": 1, "escalation": None} for row in rest]
     date_dir = f"run_date={run_date.isoformat()}"
     _write(f"{config.table_uri('superseded')}/{date_dir}/{PART}", pa.Table.from_pylist(superseded, schema=_file_schema("superseded")))
-    table = pa.Table.from_pylist(rest + final, schema=schema)
+    table = CarriedColumns.load(config, run_date).attach(pa.Table.from_pylist(rest + final, schema=schema))
     _write(f"{config.table_uri('responses')}/{date_dir}/{PART}", table)
     return len(superseded) + failed, failed, len(superseded)
 
@@ -242,8 +272,8 @@ class EscalateSummary:
 
 
 def execute(config: RunConfig, run_date: date) -> EscalateSummary:
-    if config.cascade is None:
-        raise ConfigError("escalate: the config has no `cascade:` section")
+    if config.cascade is None and not _unparsable_to_strong(config):
+        raise ConfigError("escalate: the config has no `cascade:` section (nor output.on_unparsable: other_model)")
     from routellm_batch.stages import collect, submit, wait
 
     uri = plan_uri(config, run_date)
