@@ -7,6 +7,7 @@ prompts carry the providers' caching hints and are billed as cached."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,30 @@ def test_no_caching_hints_when_disabled_or_the_prefix_is_short(tmp_path: Path) -
     # Without a breakpoint Anthropic caches nothing.
     weak = [r for r in read_responses(cfg).to_pylist() if r["queue"] == "weak"]
     assert all(r["cached_input_tokens"] == r["cache_write_5m_tokens"] == 0 for r in weak)
+
+
+def test_other_model_sends_unparsable_weak_answers_to_the_strong_model_and_retries_strong_ones(tmp_path: Path) -> None:
+    from routellm_batch.stages import escalate
+    from routellm_batch.stages.run import STAGES, summary_table
+
+    bad = {cid("s1"): "label_outside", cid("w1"): "invalid_json", cid("w2"): "schema_violation"}
+    with SandboxServer(SyntheticResponder(seed=0), faults=Faults(unparsable_answers=bad), tick_seconds=0.02) as srv:
+        cfg = config(srv, tmp_path, output={"labels": LABELS, "on_unparsable": "other_model"})
+        assert [s.name for s in STAGES if s.applies(cfg)][-3:-1] == ["collect", "escalate"]  # no cascade needed
+        write_routed(cfg, rows(cfg, 3))
+        first = run(cfg)
+        assert first.by_status == {"succeeded": 4, "unparsable": 2}  # s1 retried on the strong model already
+        summary = escalate.execute(cfg, RUN_DATE)
+
+    assert summary.done and (summary.escalated, summary.superseded) == (2, 2)
+    by_id = {r["prompt_id"]: r for r in read_responses(cfg).to_pylist()}
+    assert (by_id["s1"]["status"], by_id["s1"]["attempt"], by_id["s1"]["model"]) == ("succeeded", 2, "gpt-4.1")
+    for pid in ("w1", "w2"):
+        r = by_id[pid]
+        assert (r["status"], r["model"], r["pass"], r["escalation"]) == ("succeeded", "gpt-4.1", 2, "escalated")
+        assert r["answer"]["label"] in LABELS
+    assert (by_id["w0"]["model"], by_id["w0"]["pass"], by_id["w0"]["escalation"]) == ("claude-haiku-4-5", 1, None)
+    superseded = ds.dataset(f"{cfg.table_uri('superseded')}/run_date={RUN_DATE.isoformat()}", format="parquet").to_table()
+    assert sorted(superseded.column("prompt_id").to_pylist()) == ["w1", "w2"]  # the billed weak answers, kept
+    assert all(t > 0 for t in superseded.column("input_tokens").to_pylist())
+    assert re.search(r"unparsable answers +0 \(on_unparsable: other_model\)", summary_table(cfg, RUN_DATE))

@@ -218,7 +218,8 @@ class Stage:
     batches: bool = False
     """It works on provider batches: progress is shown from the ledger while it runs."""
     applies: Callable[[RunConfig], bool] = lambda c: True
-    """Whether this run config has the stage at all (escalate: only with a cascade policy)."""
+    """Whether this run config has the stage at all (escalate: only with a cascade policy or unparsable weak
+    answers sent to the strong model)."""
 
 
 STAGES: tuple[Stage, ...] = (
@@ -227,7 +228,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("submit", _submit, lambda c: [_models(c), c.batch.model_dump(mode="json", include={"max_requests", "max_bytes", "max_attempts"})], batches=True),
     Stage("wait", _wait, lambda c: [], batches=True),
     Stage("collect", _collect, lambda c: [c.batch.max_attempts], ("responses",), batches=True),
-    Stage("escalate", _escalate, lambda c: [c.cascade.model_dump(mode="json") if c.cascade else None, _models(c)], ("responses", "superseded"), batches=True, applies=lambda c: c.cascade is not None),
+    Stage("escalate", _escalate, lambda c: [c.cascade.model_dump(mode="json") if c.cascade else None, _models(c)] + ([c.output.model_dump(mode="json")] if c.output else []), ("responses", "superseded"), batches=True,
+          applies=lambda c: c.cascade is not None or (c.output is not None and c.output.on_unparsable == "other_model")),
     Stage("audit", _audit, lambda c: [_audit_settings(c), _models(c)], ("audit", "audit_summary"), batches=True, applies=lambda c: c.audit is not None),
     Stage("report", _report, lambda c: [c.pricing.model_dump(mode="json"), _models(c)], ("cost_report",)),
 )  # fmt: skip
@@ -360,6 +362,8 @@ def summary_table(config: RunConfig, run_date: date) -> str:
         ("succeeded / errored / expired / canceled",
          " / ".join(str(statuses.get(k, 0)) for k in ("succeeded", "errored", "expired", "canceled"))),
     ]  # fmt: skip
+    if config.output is not None:  # structured answers: rows whose answer did not parse or validate
+        rows.append(("unparsable answers", f"{statuses.get('unparsable', 0)} (on_unparsable: {config.output.on_unparsable})"))
     total = cost.get("all")
     if total:
         spent = Decimal(total["cost_usd"])
