@@ -109,7 +109,25 @@ def anthropic_output_config(output: StructuredOutput) -> dict[str, Any]:
     into descriptions; collect still checks them against the full schema."""
     from anthropic import transform_schema  # the SDK's own rules, imported only when a request needs them
 
-    return {"format": {"type": "json_schema", "schema": transform_schema(dict(output.schema()))}}
+    try:
+        schema = transform_schema(_type_lists_as_any_of(output.schema()))
+    except (AssertionError, ValueError, TypeError) as exc:
+        raise ValueError(f"the JSON schema cannot be sent as Anthropic structured output: {exc}") from None
+    return {"format": {"type": "json_schema", "schema": schema}}
+
+
+def _type_lists_as_any_of(node: Any) -> Any:
+    """`type: [string, "null"]` (common, valid JSON schema) as the anyOf the Anthropic SDK's transform reads."""
+    if isinstance(node, list):
+        return [_type_lists_as_any_of(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _type_lists_as_any_of(v) for k, v in node.items()}
+    types = node.get("type")
+    if isinstance(types, list):
+        rest = {k: v for k, v in node.items() if k != "type"}
+        return {"anyOf": [{"type": "null"} if t == "null" else {**rest, "type": t} for t in types]}
+    return node
 
 
 # -- collect -----------------------------------------------------------------------------------------
