@@ -209,15 +209,13 @@ def _read_typed(spark: SparkSession, config: RunConfig, run_date: date) -> DataF
     else:
         max_tokens = F.lit(None).cast("bigint")
     texts: list[Column] = []  # with a template, prompt and system are rendered (_with_template)
-    if cols.messages and not templated:
-        messages = _messages_from_typed(df, cols.messages, schema[cols.messages], type_errors)
-        texts.append(F.lit(None).cast("string").alias("prompt"))
-    else:
-        messages = F.lit(None).cast(_messages_type())
+    messages = F.lit(None).cast(_messages_type())
     if not templated:
-        if not cols.messages:
-            texts.append(F.col(f"`{cols.prompt}`").alias("prompt"))
-        texts.append((F.col(f"`{cols.system}`") if cols.system else F.lit(None).cast("string")).alias("system"))
+        prompt = F.lit(None).cast("string") if cols.messages else F.col(f"`{cols.prompt}`")
+        if cols.messages:
+            messages = _messages_from_typed(df, cols.messages, schema[cols.messages], type_errors)
+        system = F.col(f"`{cols.system}`") if cols.system else F.lit(None).cast("string")
+        texts = [prompt.alias("prompt"), system.alias("system")]
     out = df.select(
         F.to_json(F.struct(*user_columns)).alias("raw_record"),
         F.col("_metadata.file_path").alias("source_file"),
