@@ -186,8 +186,8 @@ def _label_by_judge(config: RunConfig, run_date: date, rows: list[dict[str, Any]
         said = {k: (g["response_text"] if g and g["status"] == "succeeded" else None) for k, g in got.items()}
         r["judge_text"] = json.dumps(said)
         r["judge_cost_usd"] = sum((cost(judge.model.model, g) for g in got.values() if g), Decimal(0))
-        failed = [f"judge request {k} {g['status']}: {g['error_message']}" for k, g in got.items()
-                  if g is None or g["status"] != "succeeded"]
+        failed = [f"judge request {k} " + (f"{g['status']}: {g['error_message']}" if g else "missing")
+                  for k, g in got.items() if g is None or g["status"] != "succeeded"]
         outcome = "; ".join(failed) if failed else L.judge_label(judge.mode, said)
         if isinstance(outcome, str):
             r["label_error"] = outcome
