@@ -212,3 +212,45 @@ def test_other_model_sends_unparsable_weak_answers_to_the_strong_model_and_retri
     assert sorted(superseded.column("prompt_id").to_pylist()) == ["w1", "w2"]  # the billed weak answers, kept
     assert all(t > 0 for t in superseded.column("input_tokens").to_pylist())
     assert re.search(r"unparsable answers +0 \(on_unparsable: other_model\)", summary_table(cfg, RUN_DATE))
+
+
+def test_the_answer_column_type_follows_the_schema() -> None:
+    from routellm_batch.config import StructuredOutput
+    from routellm_batch.structured import answer_type, with_answer
+
+    out = StructuredOutput(json_schema={
+        "type": "object",
+        "$defs": {"money": {"type": "object", "properties": {"amount": {"type": "number"}, "currency": {"enum": ["EUR", "USD"]}}}},
+        "properties": {"when": {"type": ["string", "null"]}, "n": {"type": "integer"}, "ok": {"type": "boolean"},
+                       "price": {"$ref": "#/$defs/money"}, "tags": {"type": "array", "items": {"type": "string"}},
+                       "either": {"anyOf": [{"type": "string"}, {"type": "integer"}]}, "level": {"enum": [1, 2, 3]}},
+    })  # fmt: skip
+    money = pa.struct([pa.field("amount", pa.float64()), pa.field("currency", pa.string())])
+    assert answer_type(out) == pa.struct([
+        pa.field("when", pa.string()), pa.field("n", pa.int64()), pa.field("ok", pa.bool_()), pa.field("price", money),
+        pa.field("tags", pa.list_(pa.string())), pa.field("either", pa.string()), pa.field("level", pa.int64()),
+    ])  # fmt: skip
+    answer = {"n": 3, "price": {"amount": 2, "currency": "EUR"}, "either": 7, "tags": ["a"]}
+    table = pa.table({"status": ["succeeded", "errored"], "response_text": [json.dumps(answer), None]})
+    got = with_answer(table, out).column("answer").to_pylist()
+    assert got[1] is None and got[0] == {"when": None, "n": 3, "ok": None, "price": {"amount": 2.0, "currency": "EUR"},
+                                         "tags": ["a"], "either": "7", "level": None}  # anyOf: its JSON text
+
+
+def test_strict_only_when_the_schema_meets_openais_rules() -> None:
+    from routellm_batch.structured import openai_strict_ok
+
+    closed = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
+    assert openai_strict_ok(closed)
+    assert not openai_strict_ok({**closed, "required": []})  # an optional field
+    assert not openai_strict_ok({k: v for k, v in closed.items() if k != "additionalProperties"})  # an open object
+    assert not openai_strict_ok({**closed, "properties": {"a": {"type": "string", "minLength": 2}}})  # outside the subset
+    nested = {**closed, "properties": {"a": {"type": "array", "items": {"type": "object", "properties": {"b": {"type": "integer"}}}}}}
+    assert not openai_strict_ok(nested)  # a nested object must be closed too
+
+
+def test_unparsable_fault_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="unparsable_kinds: unknown kind 'typo'"):
+        Faults.from_dict({"unparsable_share": 0.1, "unparsable_kinds": ["typo"]})
+    with pytest.raises(ValueError, match="unparsable_answers"):
+        Faults.from_dict({"unparsable_answers": {"c1": "broken"}})
