@@ -423,10 +423,14 @@ class LearnSettings(_Strict):
     reference: ReferenceLabels | None = Field(None, description="Label by a gold column (set this or judge).")
     judge: JudgeLabels | None = Field(None, description="Label by a judge model (set this or reference).")
     stratify_by: str | None = Field(None, description="Input column to sample evenly across (a task or template).")
-    routers: list[Literal["mf", "sw_ranking", "stacked", "embed_ridge"]] = Field(
+    routers: list[Literal["mf", "sw_ranking", "stacked", "embed_ridge", "bert"]] = Field(
         default_factory=lambda: ["mf", "sw_ranking", "stacked"],
         min_length=1,
         description="Families tried; with more than one, the best by inner cross-validation is trained.",
+    )
+    encoder: str | None = Field(
+        None, description="bert: a local Hugging Face encoder directory, fine-tuned in every fold (on the GPU "
+        "when there is one, scored in fp16 there).",
     )
     folds: int = Field(5, ge=2, le=20, description="Folds of the out-of-fold evaluation.")
     inner_folds: int = Field(3, ge=2, le=10, description="Folds of the inner cross-validation choosing the family.")
@@ -444,6 +448,8 @@ class LearnSettings(_Strict):
     def _one_label_source(self) -> LearnSettings:
         if (self.reference is None) == (self.judge is None):
             raise ValueError("set exactly one of 'reference' and 'judge'")
+        if "bert" in self.routers and not self.encoder:
+            raise ValueError("routers lists 'bert': set 'encoder' to a local Hugging Face encoder directory")
         return self
 
 

@@ -786,6 +786,10 @@ def train_for_evaluation(kind: str, battles: pd.DataFrame, *, strong_model: str,
     from routellm_batch.routers.training import TRAINERS, train_router
 
     if kind in TRAINERS:
+        if out_dir is None and kind == "bert":  # it writes a checkpoint while training and loads it back whole
+            with tempfile.TemporaryDirectory(prefix="evaluate-bert-") as tmp:
+                return train_router(kind, battles, Path(tmp) / "router", seed=seed, strong_model=strong_model,
+                                    weak_model=weak_model, embedder=embedder, **options)
         return train_router(kind, battles, out_dir, seed=seed, strong_model=strong_model, weak_model=weak_model,
                             embedder=embedder, **options)
     cls = resolve(kind)

@@ -472,3 +472,27 @@ def test_causal_llm_rejects_labels_the_tokenizer_lacks(llama_dir):
         _causal_router(llama_dir, label_tokens=[*LABEL_TOKENS[1:], "[[6]]"])
     with pytest.raises(ValueError, match="score_threshold"):
         _causal_router(llama_dir, score_threshold=1)
+
+
+# ---- bert in `learn` ----------------------------------------------------------------------------------
+def test_learn_offers_bert_only_with_a_local_encoder():
+    from routellm_batch.config import LearnSettings
+
+    with pytest.raises(ValueError, match="set 'encoder'"):
+        LearnSettings(reference={"column": "gold"}, routers=["embed_ridge", "bert"])
+    assert LearnSettings(reference={"column": "gold"}, routers=["bert"], encoder="models/enc").encoder == "models/enc"
+
+
+def test_learn_fine_tunes_bert_from_a_local_encoder_in_every_fold(encoder_dir):
+    from routellm_batch.evaluation import PairedOutcomes
+    from routellm_batch.stages.learn import LEARN_FAMILIES, nested_out_of_fold_scores
+
+    hard, easy = _sample_prompts(HARD_WORDS, 24, 200), _sample_prompts(EASY_WORDS, 24, 201)
+    # the strong model wins the chemistry prompts, the weak one the others
+    outcomes = PairedOutcomes(tuple(hard + easy), np.r_[np.ones(24), np.zeros(24)], np.r_[np.zeros(24), np.ones(24)],
+                              STRONG, WEAK)
+    options = {"bert": {"base_model": str(encoder_dir), "epochs": 15, "batch_size": 8, "lr": 3e-3, "max_length": 32}}
+    scores, picked = nested_out_of_fold_scores(outcomes, ["bert"], folds=2, inner_folds=2, seed=0, options=options)
+    assert "bert" in LEARN_FAMILIES and picked == ["bert", "bert"]
+    assert scores.shape == (48,) and ((scores >= 0) & (scores <= 1)).all()
+    assert np.unique(scores).size > 40  # a fine-tuned classifier per fold (whether it learns: the train_bert test)

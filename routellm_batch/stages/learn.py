@@ -394,7 +394,7 @@ def _with_pool(config: RunConfig, learn: LearnSettings, rows: pd.DataFrame) -> p
 
 # -- 5. training and figures ---------------------------------------------------------------------------
 
-def _fit_and_score(kind: str, seed: int, embedders: dict[str, Any]):
+def _fit_and_score(kind: str, seed: int, embedders: dict[str, Any], options: dict[str, dict] | None = None):
     from routellm_batch.evaluation import evaluation_embedder, train_for_evaluation, training_battles
 
     if kind not in embedders:
@@ -402,13 +402,15 @@ def _fit_and_score(kind: str, seed: int, embedders: dict[str, Any]):
 
     def fit_and_score(train, held_out: Sequence[str]) -> np.ndarray:
         router = train_for_evaluation(kind, training_battles(train), strong_model=train.strong_model,
-                                      weak_model=train.weak_model, seed=seed, embedder=embedders[kind])
+                                      weak_model=train.weak_model, seed=seed, embedder=embedders[kind],
+                                      **(options or {}).get(kind, {}))
         return router.score(list(held_out))
 
     return fit_and_score
 
 
-def _choose(outcomes, kinds: Sequence[str], folds: int, seed: int, embedders: dict[str, Any]) -> tuple[str, dict[str, float]]:
+def _choose(outcomes, kinds: Sequence[str], folds: int, seed: int, embedders: dict[str, Any],
+            options: dict[str, dict] | None = None) -> tuple[str, dict[str, float]]:
     """The family with the best cross-validated APGR on `outcomes` (one family: no contest)."""
     from routellm_batch.evaluation import apgr, out_of_fold_scores, routing_curve
 
@@ -416,13 +418,14 @@ def _choose(outcomes, kinds: Sequence[str], folds: int, seed: int, embedders: di
         return kinds[0], {}
     found = {}
     for kind in kinds:
-        scores = out_of_fold_scores(outcomes, _fit_and_score(kind, seed, embedders), folds, seed + 1)
+        scores = out_of_fold_scores(outcomes, _fit_and_score(kind, seed, embedders, options), folds, seed + 1)
         found[kind] = apgr(routing_curve(scores, outcomes))
     return max(kinds, key=lambda k: (np.nan_to_num(found[k], nan=-1.0), -kinds.index(k))), found
 
 
 def nested_out_of_fold_scores(outcomes, kinds: Sequence[str], folds: int, inner_folds: int, seed: int,
-                              embedders: dict[str, Any] | None = None) -> tuple[np.ndarray, list[str]]:
+                              embedders: dict[str, Any] | None = None,
+                              options: dict[str, dict] | None = None) -> tuple[np.ndarray, list[str]]:
     """Out-of-fold scores, and the family picked in each outer fold: chosen by inner cross-validation on
     that fold's training part only, so the held-out prompts never influence the choice."""
     from routellm_batch.evaluation import fold_ids
@@ -433,9 +436,9 @@ def nested_out_of_fold_scores(outcomes, kinds: Sequence[str], folds: int, inner_
     picked = []
     for k in range(folds):
         held, train = np.flatnonzero(ids == k), outcomes.subset(np.flatnonzero(ids != k))
-        kind, _ = _choose(train, kinds, inner_folds, seed, embedders)
+        kind, _ = _choose(train, kinds, inner_folds, seed, embedders, options)
         picked.append(kind)
-        scores[held] = _fit_and_score(kind, seed, embedders)(train, [outcomes.prompts[i] for i in held])
+        scores[held] = _fit_and_score(kind, seed, embedders, options)(train, [outcomes.prompts[i] for i in held])
     return scores, picked
 
 
@@ -609,7 +612,9 @@ def execute(
     )
     kinds = [router] if router else list(learn.routers)
     embedders: dict[str, Any] = {}
-    oof, picked = nested_out_of_fold_scores(outcomes, kinds, learn.folds, learn.inner_folds, learn.seed, embedders)
+    options = {"bert": {"base_model": learn.encoder, "device": "auto"}} if learn.encoder else {}  # per family
+    oof, picked = nested_out_of_fold_scores(outcomes, kinds, learn.folds, learn.inner_folds, learn.seed, embedders,
+                                            options)
     learned = f"learned ({'/'.join(sorted(set(picked)))})"
     conf_name, conf_scores = _configured_scores(config, prompts)
     evaluation = evaluate_scores(outcomes, {learned: oof, conf_name: conf_scores})
@@ -618,11 +623,12 @@ def execute(
         score_sets[f"random (mean of {len(sets)} seeds)" if name == "random" else name] = sets
     figures = bootstrap_figures(outcomes, score_sets, learn.bootstrap, learn.seed)
 
-    final_kind, inner = _choose(outcomes, kinds, learn.inner_folds, learn.seed, embedders)
+    final_kind, inner = _choose(outcomes, kinds, learn.inner_folds, learn.seed, embedders, options)
     checkpoint = out / "checkpoint"
     if checkpoint.exists():
         shutil.rmtree(checkpoint)
-    final = train_router(final_kind, training_battles(outcomes), checkpoint, seed=learn.seed, strong_model=config.strong.model, weak_model=config.weak.model)
+    final = train_router(final_kind, training_battles(outcomes), checkpoint, seed=learn.seed, strong_model=config.strong.model,
+                         weak_model=config.weak.model, **options.get(final_kind, {}))
     final_scores = np.asarray(final.score(prompts), dtype=float)
 
     rows["oof_score"] = np.nan
