@@ -86,10 +86,10 @@ class CacheIndex:
 
     def __init__(self, table: pa.Table) -> None:
         self._table = table
-        keys = table.column("request_key").to_pylist()
+        self._columns: dict[str, list[Any]] | None = None
         # Sorted newest first: the first index seen per key is the newest entry.
         self._rows: dict[str, int] = {}
-        for i, k in enumerate(keys):
+        for i, k in enumerate(table.column("request_key").to_pylist()):
             self._rows.setdefault(k, i)
 
     def __len__(self) -> int:
@@ -99,9 +99,11 @@ class CacheIndex:
         i = self._rows.get(key)
         if i is None:
             return None
-        row = self._table.slice(i, 1).to_pylist()[0]
+        if self._columns is None:  # converted once, on the first hit
+            self._columns = {c: self._table.column(c).to_pylist() for c in _ANSWER_COLUMNS}
+        col = self._columns
         return CachedAnswer(
-            row["response_text"], row["finish_reason"], {c: row[c] for c in USAGE_COLUMNS}, row["created_at"], row["run_id"]
+            col["response_text"][i], col["finish_reason"][i], {c: col[c][i] for c in USAGE_COLUMNS}, col["created_at"][i], col["run_id"][i]
         )
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +36,8 @@ from routellm_batch.stages import collect, report, submit, wait
 FAST = {"retry": RetryPolicy(attempts=8, initial_wait=0.01, max_wait=0.2)}
 NIGHT1, NIGHT2 = date(2026, 3, 1), date(2026, 3, 2)
 REPO = Path(__file__).resolve().parents[1]
+# For the pyarrow-level cache tests: nothing is sent anywhere.
+NO_SERVER = SimpleNamespace(openai_base_url="http://127.0.0.1:9/v1", anthropic_base_url="http://127.0.0.1:9")
 
 
 @pytest.fixture(autouse=True)
@@ -216,8 +219,7 @@ def _served(cfg: RunConfig, key: str, *, now: Any = None) -> str | None:
 
 
 def test_the_ttl_and_the_version_key_decide_what_is_served(tmp_path: Path) -> None:
-    cfg = make_cfg(type("S", (), {"openai_base_url": None, "anthropic_base_url": None})(), tmp_path,
-                   answer_cache={"enabled": True, "ttl_days": 7})  # fmt: skip
+    cfg = make_cfg(NO_SERVER, tmp_path, answer_cache={"enabled": True, "ttl_days": 7})
     assert answer_cache.add_run_answers(cfg, NIGHT1, _published_run(cfg, NIGHT1, {"k1": "A"})) == 1
     assert _served(cfg, "k1") == "A"
     assert _served(cfg, "k1", now=utcnow() + timedelta(days=6.9)) == "A"
@@ -237,8 +239,7 @@ def test_the_ttl_and_the_version_key_decide_what_is_served(tmp_path: Path) -> No
 
 
 def test_concurrent_runs_write_their_own_files_and_the_newest_answer_wins(tmp_path: Path) -> None:
-    base = make_cfg(type("S", (), {"openai_base_url": None, "anthropic_base_url": None})(), tmp_path,
-                    answer_cache={"enabled": True, "uri": str(tmp_path / "shared_cache")})  # fmt: skip
+    base = make_cfg(NO_SERVER, tmp_path, answer_cache={"enabled": True, "uri": str(tmp_path / "shared_cache")})
     job_a, job_b = (base.model_copy(update={"job_name": name}) for name in ("joba", "jobb"))
     answer_cache.add_run_answers(job_a, NIGHT1, _published_run(job_a, NIGHT1, {"k": "old", "ka": "a"}))
     answer_cache.add_run_answers(job_b, NIGHT1, _published_run(job_b, NIGHT1, {"k": "new", "kb": "b"}))

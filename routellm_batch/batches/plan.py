@@ -190,6 +190,8 @@ def _build_plan(
     rejected.commit()
     if from_cache is not None:
         from_cache.commit()
+    elif serve and ledger.exists(cache_rel(lane)):  # left by a plan that crashed before its marker, cache on then
+        ledger.fs.delete_file(ledger.path(cache_rel(lane)))
     if serve:
         served.commit()
     ledger.write_plan(lane, attempt, [r.shard_id for r in shards], rejected.count, version=version,
