@@ -616,6 +616,18 @@ class RunConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _output_sendable(self) -> RunConfig:
+        # A schema the Anthropic SDK cannot express would otherwise fail every request at submit time.
+        if self.output is not None and "anthropic" in (self.strong.provider, self.weak.provider):
+            from routellm_batch.structured import anthropic_output_config
+
+            try:
+                anthropic_output_config(self.output)
+            except ValueError as exc:
+                raise ValueError(f"output: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _audit_labels(self) -> RunConfig:
         if self.audit is not None and self.learn is None:
             raise ValueError("audit needs a learn section: its reference or judge labels the audited prompts")

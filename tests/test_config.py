@@ -128,3 +128,17 @@ def test_run_date_must_be_iso():
     assert parse_run_date("2026-11-22") == date(2026, 11, 22)
     with pytest.raises(ConfigError, match="--run-date: expected YYYY-MM-DD, got '22/11/2026'"):
         parse_run_date("22/11/2026")
+
+
+def test_a_nullable_type_list_is_sent_to_anthropic_and_a_schema_it_cannot_express_fails_at_load():
+    from routellm_batch.structured import anthropic_output_config
+
+    nullable = {"type": "object", "properties": {"due": {"type": ["string", "null"]}}, "required": ["due"]}
+    config = parse_config(with_setting("output", {"json_schema": nullable}))
+    sent = anthropic_output_config(config.output)["format"]["schema"]
+    assert sent["properties"]["due"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+
+    untyped = {"type": "object", "properties": {"amount": {"not": {"type": "string"}}}}
+    assert "output: the JSON schema cannot be sent as Anthropic structured output" in error_for(
+        with_setting("output", {"json_schema": untyped})
+    )
