@@ -6,7 +6,7 @@
 Workloads: each of LLMRouter's 14 tasks alone (strong llama-3.1-nemotron-51b-instruct vs weak
 mistral-7b-instruct-v0.3, the pair with a gap on most tasks), and RouteLLM's MMLU and GSM8K alone
 (gpt-4-1106-preview vs Mixtral-8x7B). For each N that the workload has (LLMRouter tasks hold 150-504
-prompts), `repeats` draws of N prompts; on each, exactly what `routellm-batch learn` does: 5-fold
+prompts; a size past a workload's means all of it), `repeats` draws of N prompts; on each, exactly what `routellm-batch learn` does: 5-fold
 out-of-fold scores, the family chosen by inner 3-fold CV inside each outer fold ("learned"), and each
 family alone; beside, on the same prompts, the shipped router, random (mean of 10 seeds), length and
 the oracle. Cells are the mean APGR over the draws (and its spread, min-max, with --spread).
@@ -17,6 +17,10 @@ model is not better than the weak one on the drawn prompts (the oracle leaves no
 Every column, baselines and the shipped router included, is ranked within the outer folds before its
 curve is drawn (evaluation.within_fold_ranks): one model scores each fold, so fold models' offsets must
 not rank folds against each other; random and length are unchanged by that in expectation.
+
+Long inputs (issue 10): --longest K keeps each workload's K longest prompts, and --view HEAD,TAIL routes
+on text_view.bounded_view of every prompt (routers, shipped and baselines alike see the view): run it
+with and without --view to see whether the bounded view lowers the out-of-fold APGR.
 
 Data: --data-root, else $ROUTELLM_BATCH_DATA, else shared/data beside the checkout.
 Prints the table (Markdown) and writes it, with every draw, under --out.
@@ -45,6 +49,7 @@ from routellm_batch.evaluation import (
 )
 from routellm_batch.routers import data as D
 from routellm_batch.routers.checkpoint import load_default_router
+from routellm_batch.text_view import bounded_view
 from routellm_batch.stages.learn import nested_out_of_fold_scores
 
 LLMROUTER_STRONG = "llama-3.1-nemotron-51b-instruct"
@@ -102,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", default=None, help="comma-separated workload names (default: all)")
     parser.add_argument("--spread", action="store_true", help="show min-max of the draws in each cell")
+    parser.add_argument("--longest", type=int, default=None, metavar="K", help="keep each workload's K longest prompts")
+    parser.add_argument("--view", default=None, metavar="HEAD,TAIL",
+                        help="route on the first HEAD and last TAIL characters of each prompt (text_view)")
     parser.add_argument("--out", default="out/learning_curve")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -118,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for name in chosen:
         outcomes = all_workloads[name]
-        for n in [s for s in sizes if s <= len(outcomes)]:
+        if args.longest:
+            lengths = np.array([len(p) for p in outcomes.prompts])
+            outcomes = outcomes.subset(np.sort(np.argsort(-lengths, kind="stable")[:args.longest]))
+        if args.view:
+            head, tail = (int(v) for v in args.view.split(","))
+            outcomes = PairedOutcomes(tuple(bounded_view(p, head, tail) for p in outcomes.prompts), outcomes.strong,
+                                      outcomes.weak, outcomes.strong_model, outcomes.weak_model)
+        for n in sorted({min(s, len(outcomes)) for s in sizes}):  # a size past the workload: all of it
             for r in range(args.repeats if n < len(outcomes) else 1):
                 pick = np.sort(np.random.default_rng(1000 * r + n).permutation(len(outcomes))[:n])
                 sub = outcomes.subset(pick)

@@ -12,7 +12,11 @@ What it measures (the synthetic table of benchmarks/synthetic_prompts.py, a real
 3. naive: a row-at-a-time Python UDF calling the same router (same per-worker cache) once per row, on a
    --naive-rows subsample spread over the table; its rate is extrapolated to the full table.
 4. ceiling: the same pipeline with the `length` router (no model cost): what Spark itself costs.
-5. GPU: with CUDA, a BERT-base-sized classifier (random weights, locally trained tokenizer) scored through
+5. long documents (issue 10): a table of the synthetic long-document and summarization prompts only
+   (3,500 - 40,000 characters, about 1k-10k tokens), scored in full and through `router.view` (head and
+   tail, text_view.bounded_view): raw single-process and end-to-end rows/s side by side, beside the
+   short-prompt rate of 1. and 2.
+6. GPU: with CUDA, a BERT-base-sized classifier (random weights, locally trained tokenizer) scored through
    Spark with a GPU task resource, and the GPU's utilisation; without CUDA it says so.
 """
 
@@ -294,6 +298,57 @@ print(f"RESULT {{s.rows / dt:.0f}} prompts/s, GPU utilisation mean {{sum(util) /
     return lines[-1].removeprefix("RESULT ") if lines else f"failed: {result.stderr[-500:]}"
 
 
+# --- long documents -------------------------------------------------------------------------------------
+
+LONG_MIN_CHARS = 3_500  # the synthetic table's long-document and summarization categories
+
+
+def ensure_long_table(spark, lake: Path, rows: int) -> int:
+    """About `rows` long prompts: the synthetic table generated large enough, filtered to the long ones."""
+    from pyspark.sql import functions as F
+
+    from routellm_batch.spark.scoring import routing_text_col
+
+    marker = lake / ".complete"
+    if not marker.exists():
+        shutil.rmtree(lake, ignore_errors=True)
+        df = synthetic_prompts(spark, int(rows / 0.13), f"bench-long/{RUN_DATE}", RUN_DATE)  # 13% are long
+        df.where(F.length(routing_text_col()) >= LONG_MIN_CHARS).write.mode("overwrite").partitionBy(
+            "run_date").parquet(str(lake / "prompts"))
+        marker.touch()
+    return spark.read.parquet(str(lake / "prompts")).count()
+
+
+def long_document_rows(spark, work: Path, rows: int, router: dict, spec, view: tuple[int, int]) -> list[tuple]:
+    from routellm_batch.config import RouterSpec
+    from routellm_batch.text_view import bounded_view
+
+    lake = work / f"lake_long_{rows}"
+    n = ensure_long_table(spark, lake, rows)
+    texts = sample_texts(spark, lake, 2_000)
+    viewed = [bounded_view(t, *view) for t in texts]
+    view_router = {**router, "view": {"head_chars": view[0], "tail_chars": view[1]}}
+    out = []
+    for label, spec_, sample, config_router in (
+        ("full text", spec, texts, router),
+        (f"view head {view[0]:,} + tail {view[1]:,} chars", RouterSpec(**view_router), viewed, view_router),
+    ):
+        raw = raw_rate(spec_, sample)
+        print(f"long documents, {label}: score_and_split on {n:,} rows ...", flush=True)
+        run = run_ours(spark, make_config(lake, config_router), n)
+        out.append((label, f"{sum(map(len, sample)) / len(sample):,.0f}", f"{raw:,.0f}", f"{run.rate:,.0f} ({run.seconds:.0f} s)"))
+    return out
+
+
+def print_long_table(rows: list[tuple], master: str) -> None:
+    header = ("long documents (>= 3,500 chars)", "mean chars scored", "raw rows/s (1 process)",
+              f"end-to-end rows/s, {master}")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    print()
+    for r in [header, *rows]:
+        print("  ".join(f"{str(v):<{w}}" for v, w in zip(r, widths, strict=True)))
+
+
 # --- main ---------------------------------------------------------------------------------------------
 
 
@@ -309,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/routellm-bench", help="where the synthetic tables and outputs go")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the length-router pipeline ceiling")
     parser.add_argument("--no-gpu", action="store_true")
+    parser.add_argument("--long-rows", type=int, default=20_000, help="rows of the long-document table (0: skip)")
+    parser.add_argument("--long-only", action="store_true", help="only the long-document table")
+    parser.add_argument("--view", default="2000,1000", metavar="HEAD,TAIL", help="router.view of the long-document table")
     args = parser.parse_args(argv)
 
     from routellm_batch.config import RouterSpec, SparkSettings
@@ -318,11 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     master = f"local[{args.cores}]"
     spark = get_spark(SparkSettings(master=master, conf={"spark.driver.memory": "3g", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}), app_name="score-throughput")
+    router = {"kind": args.router, **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
+    spec = RouterSpec(**router)
+    head, tail = (int(v) for v in args.view.split(","))
+    if args.long_only:
+        print_long_table(long_document_rows(spark, work, args.long_rows, router, spec, (head, tail)), master)
+        spark.stop()
+        return 0
     lakes = {n: work / f"lake_{n}" for n in (args.small_rows, args.rows)}
     for n, lake in lakes.items():
         ensure_table(spark, lake, n)
-    router = {"kind": args.router, **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
-    spec = RouterSpec(**router)
 
     print(f"raw single-process rate on {args.raw_rows:,} sampled texts ...", flush=True)
     texts = sample_texts(spark, lakes[args.rows], args.raw_rows)
@@ -339,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ceiling:
         print(f"pipeline ceiling: score_and_split with the length router on {args.rows:,} rows ...", flush=True)
         ceiling = run_ours(spark, make_config(lakes[args.rows], {"kind": "length"}), args.rows)
+    long_rows = []
+    if args.long_rows:
+        long_rows = long_document_rows(spark, work, args.long_rows, router, spec, (head, tail))
     spark.stop()
     gpu = "skipped (--no-gpu)" if args.no_gpu else gpu_benchmark(master, lakes[args.small_rows], work, texts)
 
@@ -376,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, value, target, ok in rows:
         mark = "" if ok is None else ("yes" if ok else "NO")
         print(f"{label:<{width}}  {value:<{vwidth}}  {target:<14}  {mark}")
+    if long_rows:
+        print_long_table(long_rows, master)
+        print(f"(short-prompt mix above: raw {raw:,.0f} rows/s, end-to-end {big.rate:,.0f} rows/s)")
     print(f"\nmachine: {os.cpu_count()} CPUs; load average at the end {os.getloadavg()[0]:.1f}; "
           f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     return 0

@@ -24,7 +24,7 @@ choice). A learner is only used when it predicts the gain better than the mean d
 by more than one standard error: with nothing to learn the router falls back to the constant and says
 so in its metadata, rather than ranking prompts by noise.
 
-strong_win_prob = clip((predicted gain + 1) / 2, 0, 1). Scoring is numpy only.
+strong_win_prob = clip((predicted gain + 1) / 2, 0, 1). Scoring is numpy only (and scipy.sparse for `words`).
 """
 
 from __future__ import annotations
@@ -107,15 +107,10 @@ def _ridge_paths(X: np.ndarray, y: np.ndarray, lams: Sequence[float], X_eval: np
     return np.stack([Z_eval @ (projected / (values + lam)) for lam in lams]) + y.mean()
 
 
-def _kernel_ridge_paths(K: np.ndarray, y: np.ndarray, lams: Sequence[float], K_eval: np.ndarray) -> np.ndarray:
-    """(len(lams), len(K_eval)): `_ridge_paths` from the Gram matrices K = X X^T and K_eval = X_eval X^T."""
-    return _kernel_dual(K, y, lams, K_eval)[0]
-
-
 def _kernel_dual(K: np.ndarray, y: np.ndarray, lams: Sequence[float],
                  K_eval: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Centered kernel ridge (intercept unpenalized): predictions for K_eval and, per lambda, the dual
-    weights alpha with which coef = (X - mean)^T alpha."""
+    """`_ridge_paths` from the Gram matrices K = X X^T and K_eval = X_eval X^T (centered, intercept
+    unpenalized): predictions for K_eval and, per lambda, the dual weights alpha, coef = (X - mean)^T alpha."""
     row_mean = K.mean(axis=0)
     Kc = K - row_mean[None, :] - row_mean[:, None] + row_mean.mean()
     values, vectors = np.linalg.eigh(Kc)
@@ -284,8 +279,8 @@ class EmbedRidgeRouter(Router):
                     if name in learners:
                         preds[name] = _ridge_paths(X_tr[name], y[tr], RIDGE_GRID, X_va[name])
                 if "words" in learners:
-                    preds["words"] = _kernel_ridge_paths(K_words[np.ix_(tr, tr)], y[tr], RIDGE_GRID,
-                                                         K_words[np.ix_(va, tr)])
+                    preds["words"] = _kernel_dual(K_words[np.ix_(tr, tr)], y[tr], RIDGE_GRID,
+                                                  K_words[np.ix_(va, tr)])[0]
                 if "knn" in learners:
                     ks = [int(v) for n, v in candidates if n == "knn"]
                     preds["knn"] = _knn_means(E32[tr], y[tr], E32[va], ks).T
