@@ -35,6 +35,9 @@ LIGHT_MODULES = [
     "routellm_batch.stages.wait",
     "routellm_batch.stages.collect",
     "routellm_batch.stages.report",
+    # The audit slice needs no Spark either (its labelled pool is read by learn and written by audit).
+    "routellm_batch.stages.audit",
+    "routellm_batch.labels_pool",
 ]
 
 
