@@ -633,6 +633,11 @@ class RunConfig(_Strict):
             raise ValueError("audit needs a learn section: its reference or judge labels the audited prompts")
         return self
 
+    @property
+    def escalates(self) -> bool:
+        """True when the run has a pass 2 (`escalate`): a cascade, or unparsable weak answers re-asked of the strong model."""
+        return self.cascade is not None or (self.output is not None and self.output.on_unparsable == "other_model")
+
     def run_id(self, run_date: date) -> str:
         return f"{self.job_name}/{run_date.isoformat()}"
 

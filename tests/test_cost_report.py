@@ -209,6 +209,33 @@ def price_by_hand(billing) -> dict[str, Decimal]:
     return total
 
 
+@pytest.mark.parametrize("on_unparsable", ["keep", "retry"])
+def test_unparsable_answers_and_their_retried_attempts_are_billed_as_the_sandbox_billed_them(tmp_path, monkeypatch, on_unparsable):
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    faults = Faults(seed=3, unparsable_share=0.3)
+    with SandboxServer(responder=SyntheticResponder(seed=2), faults=faults, tick_seconds=0.0, port=0) as srv:
+        raw = config_dict(srv, tmp_path)
+        raw["output"] = {"labels": ["yes", "no"], "on_unparsable": on_unparsable}
+        raw["batch"] = {**raw.get("batch", {}), "max_attempts": 3}
+        cfg = parse_config(raw)
+        write_routed(cfg, [routed_row(cfg, q, f"{q[0]}{i:03d}") for q in ("strong", "weak") for i in range(20)])
+        submit.execute(cfg, RUN_DATE, provider_options=FAST)
+        assert collect.execute(cfg, RUN_DATE, timeout=60, provider_options=FAST).done
+        summary = report.execute(cfg, RUN_DATE)
+        billing = srv.billing()
+
+    responses = read_responses(cfg).to_pylist()
+    assert any(r["status"] == "unparsable" for r in all_outcomes(cfg))
+    if on_unparsable == "retry":  # some answers were paid for more than once
+        assert len(billing) > len(responses)
+    stored = {r["model"]: r for r in ds.dataset(summary.uri, format="parquet").to_table().to_pylist()}
+    by_hand = price_by_hand(billing)
+    for model, usd in by_hand.items():
+        assert stored[model]["cost_usd"] == usd, model
+        assert stored[model]["requests"] == sum(b.model == model for b in billing), model
+    assert stored["all"]["cost_usd"] == sum(by_hand.values())
+
+
 def test_cost_report_equals_the_sandbox_billing_priced_by_hand_through_faults_retries_and_expiry(tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     faults = Faults(

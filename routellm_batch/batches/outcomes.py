@@ -21,6 +21,7 @@ from datetime import date
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from routellm_batch.carry import CarriedColumns
@@ -38,6 +39,7 @@ __all__ = [
     "OutcomeWriter",
     "error_row",
     "iter_outcome_batches",
+    "paid_retried_answers",
     "result_row",
     "write_responses",
 ]
@@ -142,6 +144,19 @@ def iter_outcome_batches(ledger: Ledger, rel: str, columns: list[str] | None = N
         yield from pq.ParquetFile(f).iter_batches(batch_size=8192, columns=columns)
 
 
+def paid_retried_answers(ledger: Ledger) -> pa.Table:
+    """Answers that were billed but are not final: unparsable answers asked again (on_unparsable: retry).
+    The responses table keeps only each prompt's final outcome; the cost report bills these beside it."""
+    columns = ["prompt_id", "model", "provider", "queue", *USAGE_COLUMNS]
+    parts = []
+    for name in ledger.list_files("outcomes"):
+        if name.endswith(".parquet"):
+            for batch in iter_outcome_batches(ledger, f"outcomes/{name}", ["final", "status", *columns]):
+                keep = pc.and_(pc.invert(batch.column("final")), pc.equal(batch.column("status"), ResultStatus.UNPARSABLE.value))
+                parts.append(pa.Table.from_batches([batch.filter(keep)]).select(columns))
+    return pa.concat_tables(parts) if parts else pa.schema([OUTCOME_SCHEMA.field(c) for c in columns]).empty_table()
+
+
 def write_responses(
     config: RunConfig, run_date: date, ledger: Ledger, expected_rows: int, active: Mapping[str, pa.Array] | None = None
 ) -> tuple[str, int]:
@@ -151,8 +166,6 @@ def write_responses(
     published; outcomes of rows that left the input or their queue stay in the ledger.
     Refuses to write when the number of final rows differs from the routed row count (a lost or
     doubled row is a bug to stop on, not to publish)."""
-    import pyarrow.compute as pc
-
     from routellm_batch.batches.served import published_batches
 
     outcome_files = [f"outcomes/{name}" for name in ledger.list_files("outcomes") if name.endswith(".parquet")]

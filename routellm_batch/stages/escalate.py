@@ -272,7 +272,7 @@ class EscalateSummary:
 
 
 def execute(config: RunConfig, run_date: date) -> EscalateSummary:
-    if config.cascade is None and not _unparsable_to_strong(config):
+    if not config.escalates:
         raise ConfigError("escalate: the config has no `cascade:` section (nor output.on_unparsable: other_model)")
     from routellm_batch.stages import collect, submit, wait
 

@@ -18,7 +18,9 @@ written answers of its own length); the cost itself is exact.
 A cascade run bills both passes: pass-2 strong answers on their own `escalated` line, and the weak
 answers they superseded still on the weak line (they were paid), where they count in requests, tokens
 and cost but not in the baselines (those answer each prompt once). The nightly audit slice's answers and
-judge verdicts (routellm_batch.audit_runs) are billed the same way, on an `audit` line.
+judge verdicts (routellm_batch.audit_runs) are billed the same way, on an `audit` line. An `unparsable`
+answer was generated and paid: billed like a succeeded one, and so is each earlier attempt of a prompt whose
+unparsable answer was asked again (on the line of the queue that asked it, from the ledger's outcomes).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from routellm_batch.audit_runs import billed_usage
+from routellm_batch.batches.outcomes import paid_retried_answers
 from routellm_batch.batches.served import read_served
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.output_suite import check_cost_report
@@ -57,6 +60,7 @@ class OutcomeInvariantError(RuntimeError):
 
 
 FAILED_STATUSES = ("errored", "expired", "canceled")
+BILLED_STATUSES = ("succeeded", "unparsable")
 TOP_ERRORS = 3
 
 
@@ -202,7 +206,8 @@ def cost_rows(
     prices = price_table_for(config.pricing)
     discount = batch_discount(config.pricing)
     strong = prices.price(config.strong.model)
-    billed = responses.filter(pc.equal(responses["status"], "succeeded"))
+    # An unparsable answer was generated, so it was paid, like a succeeded one.
+    billed = responses.filter(pc.is_in(responses["status"], value_set=pa.array(BILLED_STATUSES)))
     if "pass" in billed.column_names:  # a cascade's pass-2 answers on a line of their own
         second = pc.fill_null(pc.equal(billed["pass"], 2), False)
         billed = billed.set_column(billed.schema.get_field_index("queue"), "queue", pc.if_else(second, "escalated", billed["queue"]))
@@ -249,13 +254,16 @@ def execute(config: RunConfig, run_date: date) -> ReportSummary:
         ["prompt_id", "model", "provider", "queue", "status", "error_type", "pass", "served_by", "custom_id", *USAGE_COLUMNS],
     )  # fmt: skip
     check_one_outcome_per_prompt(routed["prompt_id"], responses["prompt_id"], run_id)
-    superseded = None
-    if config.cascade is not None:
-        superseded = _read_partition(config, "superseded", run_date, ["prompt_id", "model", "provider", "queue", *USAGE_COLUMNS])
-    audit = billed_usage(config, run_date) if config.audit is not None else None
-    if audit is not None:  # billed like superseded answers: paid, on their own line, never in the baselines
-        superseded = audit if superseded is None else pa.concat_tables([superseded, audit.cast(superseded.schema)])
-    served = read_served(Ledger.for_run(config, run_date))
+    # Paid but not final, on their own lines and never in the baselines: weak answers a pass 2 superseded,
+    # unparsable answers asked again, the audit slice's answers and verdicts.
+    ledger = Ledger.for_run(config, run_date)
+    paid = [paid_retried_answers(ledger)]
+    if config.escalates:
+        paid.append(_read_partition(config, "superseded", run_date, ["prompt_id", "model", "provider", "queue", *USAGE_COLUMNS]))
+    if config.audit is not None:
+        paid.append(billed_usage(config, run_date))
+    superseded = pa.concat_tables([t.cast(paid[0].schema) for t in paid if t is not None])
+    served = read_served(ledger)
     cached = served.filter(pc.equal(served["served_by"], "cache")).select(["prompt_id", *USAGE_COLUMNS])
     rows = cost_rows(config, run_date, responses, superseded, cached)
     table = pa.Table.from_pylist(rows, schema=arrow_schema("cost_report"))

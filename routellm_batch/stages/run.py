@@ -229,7 +229,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("wait", _wait, lambda c: [], batches=True),
     Stage("collect", _collect, lambda c: [c.batch.max_attempts], ("responses",), batches=True),
     Stage("escalate", _escalate, lambda c: [c.cascade.model_dump(mode="json") if c.cascade else None, _models(c)] + ([c.output.model_dump(mode="json")] if c.output else []), ("responses", "superseded"), batches=True,
-          applies=lambda c: c.cascade is not None or (c.output is not None and c.output.on_unparsable == "other_model")),
+          applies=lambda c: c.escalates),
     Stage("audit", _audit, lambda c: [_audit_settings(c), _models(c)], ("audit", "audit_summary"), batches=True, applies=lambda c: c.audit is not None),
     Stage("report", _report, lambda c: [c.pricing.model_dump(mode="json"), _models(c)], ("cost_report",)),
 )  # fmt: skip
