@@ -73,14 +73,15 @@ def test_demo_run_accounts_for_every_row_and_a_second_run_does_no_work(demo_conf
     assert strong == 60  # strong_fraction 0.3 of 200, exactly
     # Replayed answers are the recorded ones, and the report prices the reported usage.
     assert all(r["response_text"] for r in responses)
-    assert report["all"]["requests"] == 200
+    # The demo holds one question twice (gsm8k-0000 and gsm8k-0001): sent once, the second row served by dedupe.
+    assert report["all"]["requests"] == 199 and report["all"]["dedupe_requests"] == 1
     assert report["all"]["cost_usd"] == report["gpt-4.1"]["cost_usd"] + report["claude-haiku-4-5"]["cost_usd"]
     assert report["all"]["cost_usd"] < report["all"]["baseline_online_usd"]
     assert "cost report demo/2026-11-22" in result.texts[-1]
     assert not [v for v in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY") if v in os.environ]  # sandbox keys cleaned up
 
     batches, billed = sandbox_account(demo_config)
-    assert len(batches) == 2 and set(billed.values()) == {1} and len(billed) == 200  # one batch per queue
+    assert len(batches) == 2 and set(billed.values()) == {1} and len(billed) == 199  # one batch per queue
     before = tables_on_disk(root)
 
     again = run_stage.execute(demo_config, RUN_DATE)  # the same night again: every stage complete and unchanged
