@@ -569,9 +569,11 @@ def execute(
         PairedOutcomes,
         baseline_scores,
         evaluate_scores,
+        fold_ids,
         plot_curves,
         routing_curve,
         training_battles,
+        within_fold_ranks,
     )
     from routellm_batch.routers.training import train_router
 
@@ -617,11 +619,15 @@ def execute(
                                             options)
     learned = f"learned ({'/'.join(sorted(set(picked)))})"
     conf_name, conf_scores = _configured_scores(config, prompts)
-    evaluation = evaluate_scores(outcomes, {learned: oof, conf_name: conf_scores})
+    # Each outer fold's model has its own offset: every score set (baselines too) is ranked within its fold
+    # before pooling, so folds are never ranked against each other (evaluation.within_fold_ranks).
+    ids = fold_ids(outcomes.prompts, learn.folds, learn.seed)
+    evaluation = evaluate_scores(outcomes, {learned: oof, conf_name: conf_scores}, folds=ids)
     score_sets = {learned: [oof], conf_name: [conf_scores]}
     for name, sets in baseline_scores(outcomes.prompts, outcomes).items():
         score_sets[f"random (mean of {len(sets)} seeds)" if name == "random" else name] = sets
-    figures = bootstrap_figures(outcomes, score_sets, learn.bootstrap, learn.seed)
+    ranked = {name: [within_fold_ranks(s, ids) for s in sets] for name, sets in score_sets.items()}
+    figures = bootstrap_figures(outcomes, ranked, learn.bootstrap, learn.seed)
 
     final_kind, inner = _choose(outcomes, kinds, learn.inner_folds, learn.seed, embedders, options)
     checkpoint = out / "checkpoint"
