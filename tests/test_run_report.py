@@ -82,7 +82,7 @@ def write_run(config, prompt_ids, scores, strong_ids, failures=None, quarantine=
             "batch_id": f"batch_{queue}_0", "custom_id": f"{queue}-0-{i}", "status": status,
             "response_text": "The answer is 42." if ok else None, "finish_reason": "stop" if ok else None,
             "input_tokens": 45 + i % 60 if ok else None, "output_tokens": 120 + (7 * i) % 200 if ok else None,
-            "error_type": error_type, "error_message": message, "attempt": 3 if not ok else 1,
+            "error_type": error_type, "error_message": message, "attempt": 3 if not ok else 1, "served_by": "batch",
         } | usage.get(pid, {}))
     for queue, rows in routed.items():
         if rows:
