@@ -30,6 +30,10 @@ LIGHT_MODULES = [
     "routellm_batch.carry",
     "routellm_batch.prompt_templates",
     "routellm_batch.text_view",
+    "routellm_batch.structured",
+    "routellm_batch.answer_cache",
+    "routellm_batch.batches.served",
+    "routellm_batch.providers.prompt_cache",
     # The stages the Airflow DAG's light tasks and its trigger run in the worker / triggerer.
     "routellm_batch.stages.submit",
     "routellm_batch.stages.wait",
