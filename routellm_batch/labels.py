@@ -62,6 +62,13 @@ SINGLE_SYSTEM = (
 )
 
 
+def question_text(row: Mapping[str, Any]) -> str:
+    """The question a row asks, for a judge or a scorer: its prompt, else its chat messages as `role: content` lines."""
+    if row.get("prompt") is not None:
+        return str(row["prompt"])
+    return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in row.get("messages") or [])
+
+
 def pairwise_prompt(question: str, answer_a: str, answer_b: str) -> str:
     return (
         f"[User Question]\n{question}\n\n"

@@ -131,12 +131,6 @@ def _answered(derived: RunConfig, run_date: date, rows: Mapping[str, list[dict[s
 
 # -- 3. labels -----------------------------------------------------------------------------------------
 
-def _question(row: Mapping[str, Any]) -> str:
-    if row.get("prompt") is not None:
-        return str(row["prompt"])
-    return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in row.get("messages") or [])
-
-
 def _references(config: RunConfig, run_date: date, column: str) -> dict[str, Any]:
     """prompt_id -> the gold value, read from the input table (the prompts table does not carry it)."""
     id_col = config.input.columns.prompt_id
@@ -172,7 +166,7 @@ def _label_by_judge(config: RunConfig, run_date: date, rows: list[dict[str, Any]
     for r in rows:
         if r["label_error"] is None:
             for key in keys:
-                system, prompt = L.judge_request(judge.mode, key, _question(r), r["strong_answer"], r["weak_answer"])
+                system, prompt = L.judge_request(judge.mode, key, L.question_text(r), r["strong_answer"], r["weak_answer"])
                 requests.append(_routed_row(derived, run_date, "strong", {
                     "prompt_id": f"{r['prompt_id']}~{key}", "prompt": prompt, "system": system,
                     "est_input_tokens": estimate_request_tokens(prompt=prompt, system=system)}))

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from routellm_batch.carry import CarriedColumns
 from routellm_batch.config import CascadeSettings, ConfigError, RunConfig, load_config
+from routellm_batch.labels import question_text
 from routellm_batch.ledger import Ledger, atomic_output, filesystem_for
 from routellm_batch.schemas import arrow_schema
 from routellm_batch.stages import add_run_arguments
@@ -102,12 +103,6 @@ def _tie(prompt_id: str) -> str:
     return hashlib.sha256(prompt_id.encode()).hexdigest()
 
 
-def _prompt_text(row: dict[str, Any]) -> str:
-    if row.get("prompt") is not None:
-        return str(row["prompt"])
-    return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in row.get("messages") or [])
-
-
 def _weak_logprobs(config: RunConfig, run_date: date) -> dict[str, Any]:
     """custom_id -> the answer's token log-probabilities, from the raw result files collect kept."""
     from routellm_batch.escalation import logprobs_from_body
@@ -164,7 +159,7 @@ def _plan(config: RunConfig, run_date: date) -> pa.Table:
     if scored:
         scorer = _scorer(config)
         logprobs = _weak_logprobs(config, run_date) if "logprobs" in scorer.needs else {}
-        items = [WeakAnswer(prompt=_prompt_text(prompts[rows[i]["prompt_id"]]), answer=rows[i]["response_text"] or "",
+        items = [WeakAnswer(prompt=question_text(prompts[rows[i]["prompt_id"]]), answer=rows[i]["response_text"] or "",
                             logprobs=logprobs.get(rows[i]["custom_id"]) if "logprobs" in scorer.needs else None) for i in scored]
         for i, doubt in zip(scored, scorer.score(items), strict=True):
             doubts[i] = float(doubt)
