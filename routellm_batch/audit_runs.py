@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from routellm_batch.batches.outcomes import BILLED_STATUSES
 from routellm_batch.config import RunConfig
 from routellm_batch.ledger import filesystem_for
 from routellm_batch.providers.pricing import USAGE_COLUMNS
@@ -67,14 +68,14 @@ def read_partition(config: RunConfig, table: str, run_date: date) -> pa.Table | 
 
 
 def billed_usage(config: RunConfig, run_date: date) -> pa.Table | None:
-    """Succeeded requests of the audit's derived runs (answers and judge) with their usage, on queue `audit`;
+    """Billed requests of the audit's derived runs (answers and judge) with their usage, on queue `audit`;
     None when the audit did not run."""
     parts = []
     for derived in (answers_config(config), judge_config(config)):
         got = read_partition(derived, "responses", run_date) if derived is not None else None
         if got is None or not got.num_rows:
             continue
-        got = got.filter(pc.equal(got["status"], "succeeded"))
+        got = got.filter(pc.is_in(got["status"], value_set=pa.array(BILLED_STATUSES)))
         got = got.set_column(got.schema.get_field_index("queue"), "queue", pa.array([AUDIT_QUEUE] * got.num_rows, pa.string()))
         parts.append(got.select(_BILLED.names).cast(_BILLED))
     return pa.concat_tables(parts) if parts else None

@@ -34,6 +34,7 @@ from routellm_batch.schemas import arrow_schema
 from routellm_batch.structured import with_answer, with_answer_field
 
 __all__ = [
+    "BILLED_STATUSES",
     "OUTCOME_SCHEMA",
     "RESPONSES_FILE_SCHEMA",
     "OutcomeWriter",
@@ -52,6 +53,8 @@ RESPONSES_FILE_SCHEMA = pa.schema([f for f in arrow_schema("responses") if f.nam
 OUTCOME_SCHEMA = RESPONSES_FILE_SCHEMA.append(pa.field("retryable", pa.bool_(), nullable=False)).append(
     pa.field("final", pa.bool_(), nullable=False)
 )
+# The outcomes a provider bills: an unparsable answer was generated too.
+BILLED_STATUSES = (ResultStatus.SUCCEEDED.value, ResultStatus.UNPARSABLE.value)
 _STATUS_OF_ERROR = {ErrorType.BATCH_EXPIRED: ResultStatus.EXPIRED, ErrorType.BATCH_CANCELLED: ResultStatus.CANCELED}
 
 
@@ -152,7 +155,7 @@ def paid_retried_answers(ledger: Ledger) -> pa.Table:
     for name in ledger.list_files("outcomes"):
         if name.endswith(".parquet"):
             for batch in iter_outcome_batches(ledger, f"outcomes/{name}", ["final", "status", *columns]):
-                keep = pc.and_(pc.invert(batch.column("final")), pc.equal(batch.column("status"), ResultStatus.UNPARSABLE.value))
+                keep = pc.and_(pc.invert(batch.column("final")), pc.is_in(batch.column("status"), value_set=pa.array(BILLED_STATUSES)))
                 parts.append(pa.Table.from_batches([batch.filter(keep)]).select(columns))
     return pa.concat_tables(parts) if parts else pa.schema([OUTCOME_SCHEMA.field(c) for c in columns]).empty_table()
 

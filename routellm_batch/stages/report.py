@@ -38,7 +38,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from routellm_batch.audit_runs import billed_usage
-from routellm_batch.batches.outcomes import paid_retried_answers
+from routellm_batch.batches.outcomes import BILLED_STATUSES, paid_retried_answers
 from routellm_batch.batches.served import read_served
 from routellm_batch.config import RunConfig, load_config
 from routellm_batch.output_suite import check_cost_report
@@ -60,7 +60,6 @@ class OutcomeInvariantError(RuntimeError):
 
 
 FAILED_STATUSES = ("errored", "expired", "canceled")
-BILLED_STATUSES = ("succeeded", "unparsable")
 TOP_ERRORS = 3
 
 
@@ -206,7 +205,6 @@ def cost_rows(
     prices = price_table_for(config.pricing)
     discount = batch_discount(config.pricing)
     strong = prices.price(config.strong.model)
-    # An unparsable answer was generated, so it was paid, like a succeeded one.
     billed = responses.filter(pc.is_in(responses["status"], value_set=pa.array(BILLED_STATUSES)))
     if "pass" in billed.column_names:  # a cascade's pass-2 answers on a line of their own
         second = pc.fill_null(pc.equal(billed["pass"], 2), False)
